@@ -1,0 +1,305 @@
+"""The ``plugin-pool`` command: run a workload through plugins, list them, check a configuration file.
+
+This is the only module that reads ``os.environ`` (it passes it to load_config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, TextIO
+
+from plugin_pool.config import Config, PluginSettings, list_settings, load_config
+from plugin_pool.errors import ConfigError, PluginPoolError
+from plugin_pool.host import HostHealth, PluginHost
+from plugin_pool.logs import configure_json_logging
+
+__all__ = ["main"]
+
+SAMPLE_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "user=admin password=hunter2 # do not commit this line",
+    "Quarterly report, confidential until release; the token rotates weekly.",
+    "",
+    "def scan(payload):\n    return {'findings': []}\n",
+    "A longer paragraph of ordinary prose, the kind of text a scanner sees most of the time, with nothing "
+    "secret in it at all, only words that go on for a while so that the payload is a few hundred bytes long "
+    "and the work per call is not entirely trivial for the plugins that count or search its words.",
+)
+
+
+@dataclass
+class _PluginRun:
+    plugin_id: str
+    latencies_ns: list[int] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, latencies: list[int], errors: dict[str, int]) -> None:
+        with self.lock:
+            self.latencies_ns.extend(latencies)
+            for k, v in errors.items():
+                self.errors[k] = self.errors.get(k, 0) + v
+
+
+def _percentile(sorted_ns: list[int], q: float) -> float:
+    if not sorted_ns:
+        return 0.0
+    index = min(len(sorted_ns) - 1, max(0, round(q * (len(sorted_ns) - 1))))
+    return sorted_ns[index] / 1000.0
+
+
+def _build_host(config: Config, entries: Sequence[str], plugin_dirs: Sequence[str] = ()) -> PluginHost:
+    """An open host with the configured entries, the ``--plugin`` entries and the ``--plugin-dir`` folders."""
+    plugins = dict(config.plugins)
+    for raw in entries:
+        plugin_id, sep, rest = raw.partition("=")
+        entry, _, trust = rest.rpartition("@")
+        if not sep or not entry or trust not in {"builtin", "trusted"}:
+            raise ConfigError(
+                f"--plugin {raw!r} is invalid: expected ID=ENTRY@LEVEL with LEVEL builtin or trusted, e.g. "
+                f"hello=examples/hello_world/plugin.py:HelloWorld@builtin",
+                key="--plugin",
+            )
+        target, _, attr = entry.rpartition(":")
+        if target.endswith(".py"):
+            entry = f"{os.path.abspath(target)}:{attr}"
+        plugins[plugin_id] = PluginSettings(entry=entry, trust_level=trust)
+    host = PluginHost(replace(config, plugins=plugins))
+    host.open()
+    host.add_configured_plugins()
+    for directory in plugin_dirs:
+        host.add_plugin_dir(directory)
+    return host
+
+
+def _print_health(health: HostHealth, out: TextIO) -> None:
+    rows = [("PLUGIN", "TRUST", "STATE", "CAPABILITIES", "REASON")]
+    for p in health.plugins:
+        rows.append((p.plugin_id, p.trust_level.value, p.state.value, ",".join(p.capabilities) or "-", p.reason or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4] + "\n")
+
+
+def _progress(done: list[int], total: int, stop: threading.Event, out: TextIO) -> None:
+    tty = out.isatty()
+    started = time.monotonic()
+    while not stop.wait(0.5 if tty else 2.0):
+        rate = done[0] / max(time.monotonic() - started, 1e-9)
+        line = f"[run] {done[0]:,}/{total:,} calls ({rate:,.0f}/s)"
+        out.write(("\r" + line) if tty else (line + "\n"))
+        out.flush()
+    if tty:
+        out.write("\r" + " " * 60 + "\r")
+
+
+def _run_workload(host: PluginHost, config: Config, out: TextIO, err: TextIO, quiet: bool) -> dict[str, Any]:
+    work = config.workload
+    providers = host.list_providers(work.capability)
+    runs = {pid: _PluginRun(pid) for pid in providers}
+    total = work.calls * len(providers)
+    done = [0]
+    done_lock = threading.Lock()
+
+    def drive(plugin_id: str, start: int, count: int) -> None:
+        latencies: list[int] = []
+        errors: dict[str, int] = {}
+        clock = time.perf_counter_ns
+        invoke = host.invoke
+        cap = work.capability
+        for i in range(start, start + count):
+            payload = SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]
+            t0 = clock()
+            try:
+                invoke(plugin_id, cap, payload)
+            except PluginPoolError as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            latencies.append(clock() - t0)
+            if len(latencies) % 1000 == 0:
+                with done_lock:
+                    done[0] += 1000
+        runs[plugin_id].add(latencies, errors)
+
+    stop = threading.Event()
+    progress = None
+    if not quiet and total:
+        progress = threading.Thread(target=_progress, args=(done, total, stop, err), daemon=True)
+        progress.start()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=work.threads, thread_name_prefix="plugin-pool-run") as pool:
+        futures = []
+        for pid in providers:
+            share, extra = divmod(work.calls, work.threads)
+            offset = 0
+            for t in range(work.threads):
+                count = share + (1 if t < extra else 0)
+                futures.append(pool.submit(drive, pid, offset, count))
+                offset += count
+        for f in futures:
+            f.result()
+    elapsed = time.perf_counter() - started
+    stop.set()
+    if progress is not None:
+        progress.join(2.0)
+    summary: dict[str, Any] = {
+        "capability": work.capability,
+        "threads": work.threads,
+        "elapsed_s": round(elapsed, 3),
+        "plugins": [],
+    }
+    for p in host.get_health().plugins:
+        run = runs.get(p.plugin_id)
+        lat = sorted(run.latencies_ns) if run else []
+        summary["plugins"].append(
+            {
+                "plugin_id": p.plugin_id,
+                "trust_level": p.trust_level.value,
+                "state": p.state.value,
+                "reason": p.reason,
+                "calls": len(lat),
+                "errors": sum(run.errors.values()) if run else 0,
+                "errors_by_type": dict(run.errors) if run else {},
+                "p50_us": round(_percentile(lat, 0.50), 2),
+                "p99_us": round(_percentile(lat, 0.99), 2),
+            }
+        )
+    return summary
+
+
+def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
+    out.write(
+        f"\nworkload: capability {summary['capability']!r}, {summary['threads']} threads, {summary['elapsed_s']} s\n"
+    )
+    header = ("PLUGIN", "TRUST", "STATE", "CALLS", "ERRORS", "P50 µs", "P99 µs")
+    rows = [header] + [
+        (
+            p["plugin_id"],
+            p["trust_level"],
+            p["state"],
+            f"{p['calls']:,}",
+            f"{p['errors']:,}",
+            f"{p['p50_us']:.1f}",
+            f"{p['p99_us']:.1f}",
+        )
+        for p in summary["plugins"]
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    for p in summary["plugins"]:
+        if p["reason"]:
+            out.write(f"  {p['plugin_id']}: {p['reason']}\n")
+
+
+def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    overrides: dict[str, dict[str, Any]] = {"workload": {}}
+    for key in ("calls", "threads", "capability"):
+        if getattr(args, key) is not None:
+            overrides["workload"][key] = getattr(args, key)
+    config = load_config(args.config, env=os.environ, overrides=overrides)
+    with _build_host(config, args.plugin) as host:
+        health = host.start_plugins()
+        if not args.json:
+            _print_health(health, out)
+        summary = _run_workload(host, config, out, err, quiet=args.quiet or args.json)
+    if args.json:
+        out.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        _print_summary(summary, out)
+    failed = [p for p in summary["plugins"] if p["state"] == "failed" or p["errors"]]
+    return 1 if failed and args.strict else 0
+
+
+def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = load_config(args.config, env=os.environ)
+    with _build_host(config, args.plugin) as host:
+        health = host.start_plugins()
+        if args.json:
+            out.write(json.dumps(health.to_dict(), indent=2) + "\n")
+        else:
+            _print_health(health, out)
+    return 1 if health.failed else 0
+
+
+def _cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.action == "check":
+        config = load_config(args.file, env=os.environ)
+        out.write(f"{args.file}: OK ({len(config.plugins)} plugins configured)\n")
+        return 0
+    rows = list_settings()
+    out.write("| key | type | unit | default | variable | meaning |\n|---|---|---|---|---|---|\n")
+    for r in rows:
+        out.write(
+            f"| `{r['key']}` | {r['type']} | {r['unit'] or '-'} | `{r['default']!r}` | `{r['env']}` | {r['doc']} |\n"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``plugin-pool``."""
+    parser = argparse.ArgumentParser(prog="plugin-pool", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "none"),
+        default="json",
+        help="log records to stderr as JSON lines (default) or not at all",
+    )
+    parser.add_argument("--log-level", default="WARNING", help="minimum log level (default WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plugin_help = "add a plugin: ID=ENTRY@LEVEL, ENTRY is module:attr or file.py:attr, LEVEL builtin|trusted"
+    run = sub.add_parser("run", help="load and start plugins, push a workload through them, print a summary")
+    run.add_argument("config", nargs="?", help="configuration file (TOML)")
+    run.add_argument("--plugin", action="append", default=[], help=plugin_help)
+    run.add_argument("--calls", type=int, help="calls per plugin (overrides [workload] calls)")
+    run.add_argument("--threads", type=int, help="caller threads (overrides [workload] threads)")
+    run.add_argument("--capability", help="capability to call (overrides [workload] capability)")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed or any call failed")
+    run.set_defaults(func=_cmd_run)
+
+    for name in ("list", "status"):
+        cmd = sub.add_parser(name, help="load and start the configured plugins and show their states")
+        cmd.add_argument("config", nargs="?", help="configuration file (TOML)")
+        cmd.add_argument("--plugin", action="append", default=[], help=plugin_help)
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.set_defaults(func=_cmd_list)
+
+    cfg = sub.add_parser("config", help="check a configuration file, or list every setting")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True)
+    check = cfg_sub.add_parser("check", help="validate FILE and report the first error")
+    check.add_argument("file")
+    cfg_sub.add_parser("settings", help="print every setting as a Markdown table")
+    cfg.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 1 plugins failed, 2 usage or configuration error)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = build_parser().parse_args(argv)
+    if args.log_format == "json":
+        configure_json_logging(args.log_level.upper(), err)
+    try:
+        code: int = args.func(args, out, err)
+        return code
+    except ConfigError as exc:
+        err.write(f"plugin-pool: configuration error: {exc}\n")
+        return 2
+    except PluginPoolError as exc:
+        err.write(f"plugin-pool: {exc}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,400 @@
+"""Configuration: one frozen dataclass per component, loaded from arguments, environment, a TOML file, defaults.
+
+Precedence, highest first: explicit overrides passed in code, ``PLUGIN_POOL_<SECTION>_<KEY>`` variables
+(from the mapping the caller passes; no module below the CLI reads ``os.environ``), the TOML file, the
+defaults below. Every field documents its unit, default and variable in its metadata; validation names
+the key and the file or variable it came from.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from plugin_pool.errors import ConfigError
+from plugin_pool.model import validate_plugin_id
+
+__all__ = [
+    "Config",
+    "HostConfig",
+    "LifecycleConfig",
+    "PluginSettings",
+    "SandboxConfig",
+    "WorkloadConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "PLUGIN_POOL_"
+
+
+def _setting(default: Any, doc: str, *, unit: str = "", minimum: float | None = None) -> Any:
+    metadata = {"doc": doc, "unit": unit, "minimum": minimum}
+    if isinstance(default, Mapping):
+        frozen = MappingProxyType(dict(default))
+        return field(default_factory=lambda: frozen, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    """Settings of the host itself (TOML section ``[host]``)."""
+
+    actor: str = _setting("plugin-pool", "identity recorded as the actor of the host's audit events")
+    monitor_builtin: bool = _setting(
+        False, "route BuiltIn calls made by id through the monitoring wrapper (counts and times them)"
+    )
+    call_timeout_s: float = _setting(
+        30.0,
+        "deadline of one call where the host can enforce it (async and sandboxed plugins)",
+        unit="s",
+        minimum=0.001,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    """Timeouts of the lifecycle steps (TOML section ``[lifecycle]``)."""
+
+    initialize_timeout_s: float = _setting(5.0, "time a plugin's initialize(context) may take", unit="s", minimum=0.001)
+    start_timeout_s: float = _setting(5.0, "time a plugin's start() may take", unit="s", minimum=0.001)
+    stop_timeout_s: float = _setting(5.0, "time a plugin's stop() may take", unit="s", minimum=0.001)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """The worker pool for Untrusted plugins (TOML section ``[sandbox]``)."""
+
+    min_workers: int = _setting(1, "workers each Untrusted plugin keeps running", unit="workers", minimum=1)
+    max_workers: int = _setting(2, "workers one Untrusted plugin may grow to under load", unit="workers", minimum=1)
+    max_total_workers: int = _setting(16, "workers of all Untrusted plugins together", unit="workers", minimum=1)
+    queue_limit: int = _setting(
+        256,
+        "calls that may wait for a busy plugin's worker before callers get PoolOverloadedError",
+        unit="calls",
+        minimum=0,
+    )
+    worker_threads: int = _setting(
+        4, "gRPC server threads in each worker (one call runs at a time)", unit="threads", minimum=3
+    )
+    max_message_mb: float = _setting(
+        16.0, "largest payload or reply that crosses the sandbox boundary", unit="MiB", minimum=0.001
+    )
+    boot_timeout_s: float = _setting(10.0, "time a worker may take from fork to serving", unit="s", minimum=0.1)
+    cpu_time_s: int = _setting(300, "RLIMIT_CPU of a worker: CPU seconds over its whole life", unit="s", minimum=1)
+    memory_mb: int = _setting(
+        512, "RLIMIT_DATA of a worker (RLIMIT_AS misfires with gRPC's reservations)", unit="MiB", minimum=256
+    )
+    open_files: int = _setting(256, "RLIMIT_NOFILE of a worker", unit="files", minimum=16)
+    file_size_mb: int = _setting(64, "RLIMIT_FSIZE of a worker: largest file it may write", unit="MiB", minimum=1)
+    worker_user: str = _setting(
+        "auto",
+        "uid the workers drop to when the host is root: 'auto' (nobody if the Python runtime is "
+        "readable by it, else a user namespace), a user name, a number, or 'userns'",
+    )
+    required_layers: str = _setting(
+        "available",
+        "confinement the pool refuses to run below: 'available' (every layer this kernel "
+        "offers), 'none', or a comma-separated list of layer names",
+    )
+    recycle_after_calls: int = _setting(100_000, "calls after which a worker is replaced", unit="calls", minimum=1)
+    recycle_after_s: float = _setting(3600.0, "age after which a worker is replaced", unit="s", minimum=1)
+    recycle_memory_growth_mb: float = _setting(
+        200.0,
+        "growth of a worker's resident memory since boot after which it is replaced",
+        unit="MiB",
+        minimum=1,
+    )
+    recycle_jitter: float = _setting(0.1, "random spread applied to the recycle limits", unit="fraction", minimum=0)
+    max_concurrent_recycles: int = _setting(
+        1, "workers of one plugin that may be recycling at once", unit="workers", minimum=1
+    )
+    crash_limit: int = _setting(
+        5, "crashes within crash_window_s after which the plugin goes to Failed", unit="crashes", minimum=1
+    )
+    crash_window_s: float = _setting(30.0, "window in which crashes are counted", unit="s", minimum=0.1)
+    restart_backoff_s: float = _setting(
+        0.05, "first delay before replacing a crashed worker; it doubles with each recent crash", unit="s", minimum=0
+    )
+    restart_backoff_max_s: float = _setting(5.0, "longest delay before replacing a crashed worker", unit="s", minimum=0)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadConfig:
+    """The workload ``plugin-pool run`` pushes through the plugins (TOML section ``[workload]``)."""
+
+    capability: str = _setting("scan", "capability called on every active plugin that declares it")
+    calls: int = _setting(2000, "calls made to each plugin", unit="calls", minimum=1)
+    threads: int = _setting(4, "concurrent caller threads", unit="threads", minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSettings:
+    """Per-plugin settings (TOML table ``[plugins.<id>]``). Not overridable from the environment."""
+
+    entry: str | None = _setting(
+        None, "where to load an in-process plugin from: 'module:attribute' or 'path/file.py:attribute'"
+    )
+    path: str | None = _setting(
+        None, "folder of an Untrusted plugin (with plugin.toml) to run in the sandbox; relative to the file"
+    )
+    trust_level: str | None = _setting(
+        None, "trust level of an entry plugin, 'builtin' or 'trusted'; checked against the plugin's info"
+    )
+    enabled: bool = _setting(True, "whether the plugin is loaded at all")
+    config: Mapping[str, Any] = _setting({}, "the plugin's own configuration table")
+    services: tuple[str, ...] = _setting((), "names of host services the plugin may use")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a host and the CLI read from one configuration file."""
+
+    host: HostConfig = field(default_factory=HostConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    plugins: Mapping[str, PluginSettings] = field(default_factory=lambda: MappingProxyType({}))
+    source: str | None = None
+    """The file the configuration was read from, if any (used in error messages)."""
+
+
+_SECTIONS: Mapping[str, type[Any]] = MappingProxyType(
+    {"host": HostConfig, "lifecycle": LifecycleConfig, "sandbox": SandboxConfig, "workload": WorkloadConfig}
+)
+
+
+def _field_type(cls: type[Any], name: str) -> str:
+    return str(cls.__annotations__[name])
+
+
+def _coerce(value: Any, kind: str, key: str, source: str, minimum: float | None) -> Any:
+    """Convert a TOML or environment value to the field's type, or raise ConfigError naming key and source."""
+    from_env = isinstance(value, str) and source.startswith(ENV_PREFIX)
+    try:
+        if kind == "bool":
+            if from_env:
+                low = value.strip().lower()
+                if low not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError
+                return low in {"1", "true", "yes", "on"}
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind in {"int", "float"}:
+            if isinstance(value, bool):
+                raise ValueError
+            number: float = (int(value) if kind == "int" else float(value)) if from_env else value
+            if kind == "int" and not isinstance(number, int):
+                raise ValueError
+            if kind == "float" and isinstance(number, int):
+                number = float(number)
+            if not isinstance(number, int | float) or not math.isfinite(number):
+                raise ValueError
+            if minimum is not None and number < minimum:
+                raise ConfigError(
+                    f"{key} = {value!r} in {source} is too small: the minimum is {minimum:g}",
+                    key=key,
+                    source=source,
+                )
+            return number
+        if kind == "str" or kind == "str | None":
+            if not isinstance(value, str) or not value:
+                raise ValueError
+            return value
+    except ConfigError:
+        raise
+    except ValueError:
+        raise ConfigError(
+            f"{key} = {value!r} in {source} is invalid: expected {kind.replace(' | None', '')}",
+            key=key,
+            source=source,
+        ) from None
+    raise ConfigError(f"{key} in {source}: unsupported setting type {kind}", key=key, source=source)
+
+
+def _build_section(cls: type[Any], table: Mapping[str, Any], section: str, source: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[{section}] in {source} must be a table", key=section, source=source)
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown setting {section}.{key} in {source}; known settings: {', '.join(known)}",
+                key=f"{section}.{key}",
+                source=source,
+            )
+        f = known[key]
+        values[key] = _coerce(raw, _field_type(cls, key), f"{section}.{key}", source, f.metadata.get("minimum"))
+    return cls(**values)
+
+
+def _build_plugin(plugin_id: str, table: Any, source: str) -> PluginSettings:
+    key = f"plugins.{plugin_id}"
+    try:
+        validate_plugin_id(plugin_id)
+    except ValueError as exc:
+        raise ConfigError(f"[{key}] in {source}: {exc}", key=key, source=source) from None
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[{key}] in {source} must be a table", key=key, source=source)
+    allowed = {f.name for f in fields(PluginSettings)}
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {key}.{sorted(unknown)[0]} in {source}; known settings: {', '.join(sorted(allowed))}",
+            key=f"{key}.{sorted(unknown)[0]}",
+            source=source,
+        )
+    entry = table.get("entry")
+    if entry is not None and (not isinstance(entry, str) or ":" not in entry):
+        raise ConfigError(
+            f"{key}.entry = {entry!r} in {source} is invalid: expected 'module:attribute' or 'file.py:attribute'",
+            key=f"{key}.entry",
+            source=source,
+        )
+    path = table.get("path")
+    if path is not None and (not isinstance(path, str) or not path):
+        raise ConfigError(f"{key}.path in {source} must be a folder path", key=f"{key}.path", source=source)
+    if path is not None and (entry is not None or "trust_level" in table):
+        raise ConfigError(
+            f"[{key}] in {source} sets path and also entry or trust_level; a folder plugin's manifest declares "
+            f"its own entry and trust level, so set path alone",
+            key=f"{key}.path",
+            source=source,
+        )
+    trust_level = table.get("trust_level")
+    if entry is not None and trust_level not in {"builtin", "trusted"}:
+        raise ConfigError(
+            f"{key}.trust_level = {trust_level!r} in {source} is invalid: a plugin loaded from an entry runs "
+            f"in the host process, so it must be 'builtin' or 'trusted' (Untrusted plugins are never imported "
+            f"by the host; they run in the sandbox)",
+            key=f"{key}.trust_level",
+            source=source,
+        )
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{key}.enabled in {source} must be true or false", key=f"{key}.enabled", source=source)
+    config = table.get("config", {})
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{key}.config in {source} must be a table", key=f"{key}.config", source=source)
+    services = table.get("services", [])
+    if not isinstance(services, list) or not all(isinstance(s, str) and s for s in services):
+        raise ConfigError(
+            f"{key}.services in {source} must be a list of service names", key=f"{key}.services", source=source
+        )
+    return PluginSettings(
+        entry=entry,
+        path=path,
+        trust_level=trust_level,
+        enabled=enabled,
+        config=MappingProxyType(dict(config)),
+        services=tuple(services),
+    )
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Load a :class:`Config`. Blocks only to read the file; safe to call any number of times.
+
+    ``env`` is a mapping such as ``os.environ`` (only the CLI passes the real one); ``overrides`` maps
+    section to settings, e.g. ``{"lifecycle": {"start_timeout_s": 2.0}}``, and wins over everything.
+    Relative plugin entry paths are resolved against the file's directory.
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        file = Path(path)
+        source = str(file)
+        try:
+            with file.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {source} does not exist", source=source) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {source} is not valid TOML: {exc}", source=source) from None
+    unknown = set(data) - set(_SECTIONS) - {"plugins"}
+    if unknown:
+        raise ConfigError(
+            f"unknown section [{sorted(unknown)[0]}] in {source}; known sections: {', '.join([*_SECTIONS, 'plugins'])}",
+            key=sorted(unknown)[0],
+            source=source,
+        )
+    bad_override = next(iter(sorted(set(overrides or {}) - set(_SECTIONS))), None)
+    if bad_override is not None:
+        raise ConfigError(
+            f"unknown section {bad_override!r} in overrides; known sections: {', '.join(_SECTIONS)}",
+            key=bad_override,
+            source="overrides",
+        )
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        section = _build_section(cls, data.get(name, {}), name, source)
+        section = _apply_env(section, name, env or {})
+        if overrides and name in overrides:
+            given = _build_section(cls, overrides[name], name, "overrides")
+            section = replace(section, **{k: getattr(given, k) for k in overrides[name]})
+        sections[name] = section
+    plugins_table = data.get("plugins", {})
+    if not isinstance(plugins_table, Mapping):
+        raise ConfigError(f"[plugins] in {source} must be a table of tables", key="plugins", source=source)
+    plugins = {pid: _build_plugin(pid, table, source) for pid, table in plugins_table.items()}
+    if path is not None:
+        base = Path(path).resolve().parent
+        plugins = {pid: _resolve_entry(p, base) for pid, p in plugins.items()}
+    return Config(plugins=MappingProxyType(plugins), source=None if path is None else source, **sections)
+
+
+def _resolve_entry(settings: PluginSettings, base: Path) -> PluginSettings:
+    if settings.path is not None and not Path(settings.path).is_absolute():
+        return replace(settings, path=str(base / settings.path))
+    if settings.entry is None:
+        return settings
+    target, _, attr = settings.entry.rpartition(":")
+    if target.endswith(".py") and not Path(target).is_absolute():
+        return replace(settings, entry=f"{base / target}:{attr}")
+    return settings
+
+
+def _apply_env(section: Any, name: str, env: Mapping[str, str]) -> Any:
+    cls = type(section)
+    changes: dict[str, Any] = {}
+    for f in fields(cls):
+        var = env_var(name, f.name)
+        if var in env:
+            changes[f.name] = _coerce(
+                env[var], _field_type(cls, f.name), f"{name}.{f.name}", var, f.metadata.get("minimum")
+            )
+    return replace(section, **changes) if changes else section
+
+
+def env_var(section: str, key: str) -> str:
+    """The environment variable that overrides ``section.key``."""
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+def list_settings() -> list[dict[str, Any]]:
+    """Every environment-overridable setting with its key, type, unit, default, variable and doc."""
+    rows = []
+    for name, cls in _SECTIONS.items():
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else None
+            rows.append(
+                {
+                    "key": f"{name}.{f.name}",
+                    "type": _field_type(cls, f.name),
+                    "unit": f.metadata.get("unit", ""),
+                    "default": default,
+                    "env": env_var(name, f.name),
+                    "doc": f.metadata.get("doc", ""),
+                }
+            )
+    return rows

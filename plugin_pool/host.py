@@ -1,0 +1,898 @@
+"""The plugin host a scanning service imports (the seed's Host): lifecycle, trust enforcement, routing, health.
+
+One call's path: ``host.invoke(plugin_id, capability, payload)`` looks up a route built when the plugin
+became Active (two dict lookups) and calls it. A BuiltIn route is the bound method itself; a Trusted route
+is a monitoring closure; an Untrusted route is a sandbox proxy. Anything that is not routable (unknown
+plugin, plugin not Active, undeclared capability) falls to the slow path, which raises a precise error.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from plugin_pool._dispatch import CallStats, CallStatsSnapshot, Route, async_route, monitored_route
+from plugin_pool._loader import load_entry
+from plugin_pool._steps import StepRunner, StepTimeout
+from plugin_pool.config import Config, PluginSettings
+from plugin_pool.context import PluginContext
+from plugin_pool.errors import (
+    CapabilityDeniedError,
+    DuplicatePluginError,
+    HostClosedError,
+    InvalidPluginError,
+    LifecycleError,
+    LifecycleTimeoutError,
+    PluginCallError,
+    PluginNotActiveError,
+    PluginNotFoundError,
+    PluginPoolError,
+    RequiredPluginError,
+    TrustViolationError,
+)
+from plugin_pool.lifecycle import PluginState, check_transition
+from plugin_pool.manifest import Manifest, read_manifest
+from plugin_pool.model import NETWORK_CAPABILITIES, Capabilities, Plugin, PluginInfo, TrustLevel, thaw_json
+from plugin_pool.registry.base import EventKind, PluginRegistry
+from plugin_pool.registry.memory import InMemoryPluginRegistry
+
+if TYPE_CHECKING:
+    # The sandbox (and grpc with it) is imported only when the first Untrusted plugin starts, so a host
+    # with in-process plugins alone never pays for it.
+    from plugin_pool.sandbox.pool import PoolStats, SandboxPool
+
+__all__ = ["HostHealth", "PluginClient", "PluginHealth", "PluginHost"]
+
+# A library never configures logging; the NullHandler only keeps Python's last-resort handler from printing
+# our warnings to stderr when the application has not configured logging either.
+logging.getLogger("plugin_pool").addHandler(logging.NullHandler())
+_log = logging.getLogger("plugin_pool.host")
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class PluginHealth:
+    """One plugin's health as the host sees it."""
+
+    plugin_id: str
+    name: str
+    version: str
+    trust_level: TrustLevel
+    state: PluginState
+    reason: str | None
+    capabilities: tuple[str, ...]
+    stats: CallStatsSnapshot | None
+    """Call counters (None where calls are not monitored, e.g. BuiltIn with monitor_builtin off)."""
+    workers: PoolStats | None = None
+    """Untrusted plugins: their sandbox workers, queue and restarts by reason (None otherwise)."""
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the plugin receives work."""
+        return self.state is PluginState.ACTIVE
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict."""
+        out: dict[str, Any] = {
+            "plugin_id": self.plugin_id,
+            "name": self.name,
+            "version": self.version,
+            "trust_level": self.trust_level.value,
+            "state": self.state.value,
+            "reason": self.reason,
+            "capabilities": list(self.capabilities),
+        }
+        if self.stats is not None:
+            out["calls"] = self.stats.calls
+            out["errors"] = self.stats.errors
+            out["last_error"] = self.stats.last_error
+        if self.workers is not None:
+            out["workers"] = {
+                "alive": self.workers.workers,
+                "busy": self.workers.busy,
+                "idle": self.workers.idle,
+                "waiting": self.workers.waiting,
+                "restarts": dict(self.workers.restarts),
+            }
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class HostHealth:
+    """The health of every plugin the host knows, in the order they were added."""
+
+    plugins: tuple[PluginHealth, ...]
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """Ids of Active plugins."""
+        return tuple(p.plugin_id for p in self.plugins if p.is_active)
+
+    @property
+    def failed(self) -> Mapping[str, str | None]:
+        """Failed plugin ids mapped to the reason."""
+        return {p.plugin_id: p.reason for p in self.plugins if p.state is PluginState.FAILED}
+
+    def is_active(self, plugin_id: str) -> bool:
+        """Whether ``plugin_id`` is Active. False for unknown ids."""
+        return any(p.plugin_id == plugin_id and p.is_active for p in self.plugins)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict."""
+        return {"plugins": [p.to_dict() for p in self.plugins]}
+
+
+@dataclass(slots=True)
+class _Slot:
+    """The host's private bookkeeping for one plugin."""
+
+    info: PluginInfo
+    plugin: Plugin | None
+    settings: PluginSettings
+    manifest: Manifest | None = None
+    """Set for a plugin loaded from a folder to run in the sandbox (its code is never imported here)."""
+    state: PluginState = PluginState.DISCOVERED
+    reason: str | None = None
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    stats: CallStats | None = None
+    started_seq: int | None = None
+    registered: bool = False
+
+
+class PluginClient:
+    """A handle on one plugin, called the same way at every trust level: ``client.invoke("scan", payload)``.
+
+    Cheap to create; safe to share between threads. It looks the route up on every call, so it follows
+    the plugin through restarts and refuses calls once the plugin is no longer Active.
+    """
+
+    __slots__ = ("_host", "plugin_id")
+
+    def __init__(self, host: PluginHost, plugin_id: str) -> None:
+        self._host = host
+        self.plugin_id = plugin_id
+
+    def invoke(self, capability: str, payload: Any = None) -> Any:
+        """Call ``capability`` with ``payload``; see :meth:`PluginHost.invoke`."""
+        return self._host.invoke(self.plugin_id, capability, payload)
+
+    def invoke_many(self, capability: str, payloads: Iterable[Any]) -> list[Any]:
+        """Call ``capability`` once per payload; see :meth:`PluginHost.invoke_many`."""
+        return self._host.invoke_many(self.plugin_id, capability, payloads)
+
+
+class PluginHost:
+    """Loads, starts, routes to, monitors and stops plugins of every trust level.
+
+    Use it as a context manager (``with PluginHost(config) as host:``) or call :meth:`open` and
+    :meth:`close`; both are idempotent. All methods are thread-safe. Lifecycle methods block while plugin
+    code runs (each step is bounded by its timeout); :meth:`invoke` blocks for the call.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        registry: PluginRegistry | None = None,
+        services: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config or Config()
+        self._owns_registry = registry is None
+        self.registry: PluginRegistry = registry if registry is not None else InMemoryPluginRegistry()
+        self._actor = self.config.host.actor
+        self._services: dict[str, Any] = dict(services or {})
+        self._lock = threading.RLock()
+        self._slots: dict[str, _Slot] = {}
+        self._routes: dict[str, dict[str, Route]] = {}
+        self._batch_routes: dict[str, Callable[[str, Iterable[Any]], list[Any]]] = {}
+        self._runner = StepRunner()
+        self._pool: SandboxPool | None = None
+        self.restarts: Counter[tuple[str, str]] = Counter()
+        """Sandbox worker replacements by (plugin id, reason): the seed's sandbox_process_restarts_total."""
+        self._seq = itertools.count(1)
+        self._opened = False
+        self._closed = False
+
+    # -- open / close ----------------------------------------------------------------------------------
+
+    def open(self) -> PluginHost:
+        """Open the host. Idempotent; raises HostClosedError after close."""
+        with self._lock:
+            if self._closed:
+                raise HostClosedError("the plugin host is already closed; create a new PluginHost")
+            self._opened = True
+        return self
+
+    def close(self) -> None:
+        """Stop every Active plugin in reverse start order, then release the host. Idempotent; blocks."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.stop_plugins()
+            finally:
+                self._closed = True
+                self._routes = {}
+                self._batch_routes = {}
+                self._runner.close()
+                if self._pool is not None:
+                    self._pool.close()
+                if self._owns_registry:
+                    self.registry.close()
+
+    def __enter__(self) -> PluginHost:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the host is open and not closed."""
+        return self._opened and not self._closed
+
+    # -- adding plugins --------------------------------------------------------------------------------
+
+    def register_service(self, name: str, service: Any) -> None:
+        """Offer ``service`` to plugins whose settings list ``name``. Call before starting them."""
+        with self._lock:
+            self._services[name] = service
+
+    def add_plugin(
+        self,
+        plugin: Plugin,
+        *,
+        config: Mapping[str, Any] | None = None,
+        services: Sequence[str] = (),
+    ) -> PluginInfo:
+        """Add an in-process plugin object (BuiltIn or Trusted) and register it as Discovered.
+
+        The host vouches for code it adds itself, so the plugin's declared level is taken as is; an
+        Untrusted plugin is refused here (it may only run in the sandbox). Raises InvalidPluginError for
+        a plugin whose info cannot be read, DuplicatePluginError for an id already added.
+        """
+        settings = self.config.plugins.get(self._read_info(plugin).id)
+        if settings is None or config is not None or services:
+            settings = PluginSettings(
+                config=MappingProxyType(dict(config or {})),
+                services=tuple(services),
+                enabled=True,
+            )
+        return self._add(plugin, settings)
+
+    def add_configured_plugins(self) -> list[str]:
+        """Load every enabled ``[plugins.<id>]`` entry of the configuration; return the ids added.
+
+        An entry that fails to import or is not a valid plugin does not stop the others: it is kept as
+        Failed with the reason, logged and audited.
+        """
+        added = []
+        for plugin_id, settings in self.config.plugins.items():
+            if not settings.enabled or (settings.entry is None and settings.path is None):
+                continue
+            if settings.path is not None:
+                try:
+                    declared = read_manifest(settings.path).info.id
+                    if declared != plugin_id:
+                        raise InvalidPluginError(
+                            f"folder {settings.path} configured as plugin {plugin_id!r} declares id {declared!r}; "
+                            f"rename the [plugins.{declared}] table or fix the manifest",
+                            plugin_id=plugin_id,
+                            field="id",
+                        )
+                    self.add_plugin_dir(settings.path, config=settings.config, services=settings.services)
+                except DuplicatePluginError:
+                    raise
+                except Exception as exc:
+                    self._add_failed_entry(plugin_id, replace(settings, trust_level="untrusted"), exc)
+                added.append(plugin_id)
+                continue
+            try:
+                plugin = load_entry(settings.entry)
+                info = self._read_info(plugin)
+                if info.id != plugin_id:
+                    raise InvalidPluginError(
+                        f"entry {settings.entry!r} configured as plugin {plugin_id!r} declares id {info.id!r}; "
+                        f"rename the [plugins.{info.id}] table or fix the plugin's info",
+                        plugin_id=plugin_id,
+                        field="id",
+                    )
+                if info.trust_level.value != settings.trust_level:
+                    raise TrustViolationError(
+                        f"plugin {plugin_id!r} declares trust level {info.trust_level.value} but the "
+                        f"configuration says {settings.trust_level}; they must agree",
+                        plugin_id=plugin_id,
+                    )
+                self._add(plugin, settings)
+            except DuplicatePluginError:
+                raise
+            except Exception as exc:
+                self._add_failed_entry(plugin_id, settings, exc)
+            added.append(plugin_id)
+        return added
+
+    def add_plugin_dir(
+        self,
+        directory: str | Path,
+        *,
+        config: Mapping[str, Any] | None = None,
+        services: Sequence[str] = (),
+    ) -> PluginInfo:
+        """Add an Untrusted plugin from its folder (``plugin.toml`` and its code). Reads the manifest only.
+
+        The plugin's code is never imported in the host: it runs in sandbox workers once started. A folder
+        cannot make itself BuiltIn or Trusted here; such a manifest raises TrustViolationError.
+        Raises ManifestError (an InvalidPluginError) naming the file and field for a bad manifest.
+        """
+        manifest = read_manifest(directory)
+        info = manifest.info
+        if info.trust_level is not TrustLevel.UNTRUSTED:
+            raise TrustViolationError(
+                f"plugin folder {manifest.directory} claims trust level {info.trust_level.value}; a folder "
+                f"can only add an Untrusted plugin (Trusted needs a signed manifest; BuiltIn plugins are "
+                f"added in code with host.add_plugin)",
+                plugin_id=info.id,
+            )
+        configured = self.config.plugins.get(info.id)
+        settings = PluginSettings(
+            config=MappingProxyType(dict(config if config is not None else (configured.config if configured else {}))),
+            services=tuple(services) if services else (configured.services if configured else ()),
+        )
+        with self._lock:
+            self._check_usable()
+            if info.id in self._slots:
+                raise DuplicatePluginError(
+                    f"plugin {info.id!r} is already added to this host; plugin ids must be unique",
+                    plugin_id=info.id,
+                )
+            slot = _Slot(info=info, plugin=None, settings=settings, manifest=manifest)
+            record = self.registry.register(info, manifest.capabilities, actor=self._actor, config=settings.config)
+            slot.registered = True
+            if record.status is not PluginState.DISCOVERED:
+                slot.state = record.status
+            self._slots[info.id] = slot
+        _log.info("plugin added", extra=self._log_fields(slot, "plugin_added"))
+        return info
+
+    def _read_info(self, plugin: Any) -> PluginInfo:
+        try:
+            info = plugin.info
+        except Exception as exc:
+            raise InvalidPluginError(f"cannot read the info of plugin {plugin!r}: {exc}", field="info") from exc
+        if not isinstance(info, PluginInfo):
+            raise InvalidPluginError(
+                f"plugin {plugin!r} has info of type {type(info).__name__}; it must be a PluginInfo",
+                field="info",
+            )
+        return info
+
+    def _add(self, plugin: Plugin, settings: PluginSettings) -> PluginInfo:
+        info = self._read_info(plugin)
+        if info.trust_level is TrustLevel.UNTRUSTED:
+            raise TrustViolationError(
+                f"plugin {info.id!r} is Untrusted: its code never runs in the host process, so it cannot be "
+                f"added as an object; load it from its folder so it runs in the sandbox",
+                plugin_id=info.id,
+            )
+        with self._lock:
+            self._check_usable()
+            if info.id in self._slots:
+                raise DuplicatePluginError(
+                    f"plugin {info.id!r} is already added to this host; plugin ids must be unique",
+                    plugin_id=info.id,
+                )
+            slot = _Slot(info=info, plugin=plugin, settings=settings)
+            self._register(slot, plugin)
+            self._slots[info.id] = slot
+        _log.info("plugin added", extra=self._log_fields(slot, "plugin_added"))
+        return info
+
+    def _register(self, slot: _Slot, plugin: Plugin) -> None:
+        # Capabilities are read again (and validated) at loading; registration records what is declared now.
+        try:
+            caps = plugin.capabilities
+            caps = caps if isinstance(caps, Capabilities) else Capabilities()
+        except Exception:
+            caps = Capabilities()
+        record = self.registry.register(slot.info, caps, actor=self._actor, config=slot.settings.config)
+        slot.registered = True
+        if record.status in (PluginState.STOPPED, PluginState.FAILED):
+            # Known from an earlier run: its lifecycle goes on from there (Stopped/Failed -> Loading).
+            slot.state = record.status
+        elif record.status is not PluginState.DISCOVERED:
+            # Left mid-lifecycle or Active by a host that is gone: this host has not started it, so the
+            # stored state is stale. Every such state may move to Failed, and Failed may be loaded again.
+            self.registry.set_status(
+                slot.info.id,
+                PluginState.FAILED,
+                expected=record.status,
+                actor=self._actor,
+                reason=f"stale state {record.status.value} from an earlier host run; reset before loading",
+            )
+            slot.state = PluginState.FAILED
+
+    def _add_failed_entry(self, plugin_id: str, settings: PluginSettings, exc: Exception) -> None:
+        level = TrustLevel.parse(settings.trust_level or "trusted")
+        info = PluginInfo(id=plugin_id, name=plugin_id, version="0", trust_level=level)
+        reason = f"loading failed: {type(exc).__name__}: {exc}"
+        with self._lock:
+            if plugin_id in self._slots:
+                raise DuplicatePluginError(f"plugin {plugin_id!r} is already added", plugin_id=plugin_id)
+            slot = _Slot(info=info, plugin=None, settings=settings, state=PluginState.FAILED, reason=reason)
+            self._slots[plugin_id] = slot
+        self.registry.record_event(
+            EventKind.FAILED,
+            plugin_id=plugin_id,
+            actor=self._actor,
+            state=PluginState.FAILED,
+            details={"reason": reason, "entry": settings.entry},
+        )
+        _log.error("plugin failed to load: %s", reason, extra=self._log_fields(slot, "plugin_failed"))
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def start_plugins(self) -> HostHealth:
+        """Load, initialize and start every plugin that is not Active, in the order they were added.
+
+        A plugin that fails or hangs in any step goes to Failed and the others still start. Returns the
+        health afterwards. Blocks; safe to call again (it retries Stopped and Failed plugins).
+        """
+        with self._lock:
+            ids = list(self._slots)
+        for plugin_id in ids:
+            slot = self._slots[plugin_id]
+            if (slot.plugin is not None or slot.manifest is not None) and slot.state is not PluginState.ACTIVE:
+                self.start_plugin(plugin_id)
+        return self.get_health()
+
+    def start_plugin(self, plugin_id: str) -> PluginState:
+        """Take one plugin through Loading and Initializing to Active; return the state it ends in.
+
+        Failures do not raise: the plugin goes to Failed with the reason (see get_health). Raises
+        PluginNotFoundError for an unknown id and HostClosedError when the host is not open.
+        """
+        with self._lock:
+            self._check_open()
+            slot = self._get_slot(plugin_id)
+            if slot.state is PluginState.ACTIVE:
+                return slot.state
+            if slot.plugin is None and slot.manifest is None:
+                return slot.state
+            self._transition(slot, PluginState.LOADING, "load" if slot.state is PluginState.DISCOVERED else "reload")
+            load = self._load if slot.plugin is not None else self._load_sandboxed
+            try:
+                routes = load(slot)
+            except Exception as exc:
+                self._fail(slot, f"loading failed: {exc}")
+                return slot.state
+            self._transition(slot, PluginState.INITIALIZING, "initialize")
+            initialize = self._initialize if slot.plugin is not None else self._initialize_sandboxed
+            error = initialize(slot)
+            if error is not None:
+                self._fail(slot, error)
+                return slot.state
+            self._transition(slot, PluginState.ACTIVE, "started")
+            slot.started_seq = next(self._seq)
+            new_routes = dict(self._routes)
+            new_routes[plugin_id] = routes
+            self._routes = new_routes
+        _log.info("plugin active", extra=self._log_fields(slot, "plugin_active"))
+        return slot.state
+
+    def stop_plugin(self, plugin_id: str, *, reason: str = "stop requested") -> PluginState:
+        """Stop one Active plugin (Stopping, then Stopped, or Failed if stop raises or hangs).
+
+        No-op for a plugin that is not Active. Returns the state it ends in. Blocks up to the stop timeout.
+        """
+        with self._lock:
+            slot = self._get_slot(plugin_id)
+            if slot.state is not PluginState.ACTIVE:
+                return slot.state
+            routes = dict(self._routes)
+            routes.pop(plugin_id, None)
+            self._routes = routes
+            self._batch_routes.pop(plugin_id, None)
+            self._transition(slot, PluginState.STOPPING, reason)
+            timeout_s = self.config.lifecycle.stop_timeout_s
+            error: str | None
+            if slot.plugin is not None:
+                step_error = self._run_step(slot, "stop", slot.plugin.stop, (), timeout_s)
+                error = None if step_error is None else str(step_error)
+            else:
+                assert self._pool is not None
+                error = self._pool.stop_plugin(plugin_id, timeout_s=timeout_s)
+            if error is not None:
+                self._fail(slot, error)
+            else:
+                self._transition(slot, PluginState.STOPPED, reason)
+            slot.started_seq = None
+        _log.info("plugin stopped", extra=self._log_fields(slot, "plugin_stopped"))
+        return slot.state
+
+    def stop_plugins(self) -> None:
+        """Stop every Active plugin in reverse start order. One failing stop does not prevent the others."""
+        with self._lock:
+            active = sorted(
+                (s for s in self._slots.values() if s.started_seq is not None),
+                key=lambda s: s.started_seq or 0,
+                reverse=True,
+            )
+            for slot in active:
+                self.stop_plugin(slot.info.id, reason="host shutdown")
+
+    def _load(self, slot: _Slot) -> dict[str, Route]:
+        """Read and validate the capabilities and resolve each to a route. Raises on any problem."""
+        info = slot.info
+        plugin = slot.plugin
+        assert plugin is not None
+        caps = plugin.capabilities
+        if not isinstance(caps, Capabilities):
+            raise InvalidPluginError(
+                f"plugin {info.id!r} capabilities must be a Capabilities object, got {type(caps).__name__}",
+                plugin_id=info.id,
+                field="capabilities",
+            )
+        if info.trust_level is TrustLevel.UNTRUSTED:  # defence in depth; _add refuses these already
+            raise TrustViolationError(f"plugin {info.id!r} is Untrusted", plugin_id=info.id)
+        network = sorted(set(caps) & NETWORK_CAPABILITIES)
+        if network and not info.trust_level.in_process:
+            raise TrustViolationError(
+                f"plugin {info.id!r} declares {network[0]!r}, which needs network access: such plugins must "
+                f"be at least Trusted",
+                plugin_id=info.id,
+            )
+        monitored = info.trust_level is TrustLevel.TRUSTED or self.config.host.monitor_builtin
+        stats = CallStats() if monitored else None
+        routes: dict[str, Route] = {}
+        for cap in caps.values():
+            method = getattr(plugin, cap.method, None)
+            if method is None or not callable(method):
+                raise InvalidPluginError(
+                    f"plugin {info.id!r} declares capability {cap.name!r} but has no method {cap.method!r}",
+                    plugin_id=info.id,
+                    field="capabilities",
+                )
+            route: Route = method
+            if inspect.iscoroutinefunction(method):
+                route = async_route(method, self._runner, info.id, cap.name, self.config.host.call_timeout_s)
+            if stats is not None:
+                route = monitored_route(route, stats, cap.name)
+            routes[cap.name] = route
+        slot.capabilities = caps
+        slot.stats = stats
+        return routes
+
+    def _initialize(self, slot: _Slot) -> str | None:
+        """Run initialize(context) and start() in-process, each under its timeout; return an error text."""
+        plugin = slot.plugin
+        assert plugin is not None
+        context = PluginContext(
+            slot.info.id,
+            slot.info.trust_level,
+            slot.settings.config,
+            self._services,
+            slot.settings.services,
+        )
+        lifecycle = self.config.lifecycle
+        for step, func, args, timeout_s in (
+            ("initialize", plugin.initialize, (context,), lifecycle.initialize_timeout_s),
+            ("start", plugin.start, (), lifecycle.start_timeout_s),
+        ):
+            error = self._run_step(slot, step, func, args, timeout_s)
+            if error is not None:
+                return str(error)
+        return None
+
+    def _load_sandboxed(self, slot: _Slot) -> dict[str, Route]:
+        """Validate an Untrusted plugin's declared capabilities and build proxy routes. Imports nothing."""
+        manifest = slot.manifest
+        assert manifest is not None
+        info = slot.info
+        network = sorted(set(manifest.capabilities) & NETWORK_CAPABILITIES)
+        if network:
+            raise TrustViolationError(
+                f"plugin {info.id!r} declares {network[0]!r}, which needs network access; Untrusted plugins "
+                f"never get it (they must be at least Trusted)",
+                plugin_id=info.id,
+            )
+        pool = self._ensure_pool()
+        timeout_s = self.config.host.call_timeout_s
+        stats = CallStats()
+        routes: dict[str, Route] = {}
+        for name in manifest.capabilities:
+
+            def route(payload: Any, _cap: str = name) -> Any:
+                return pool.invoke(info.id, _cap, payload, timeout_s)
+
+            routes[name] = monitored_route(route, stats, name)
+        self._batch_routes[info.id] = lambda capability, payloads: pool.invoke_many(
+            info.id, capability, payloads, timeout_s
+        )
+        slot.capabilities = manifest.capabilities
+        slot.stats = stats
+        return routes
+
+    def _initialize_sandboxed(self, slot: _Slot) -> str | None:
+        """Boot the plugin's first workers; each runs initialize and start under the lifecycle timeouts."""
+        from plugin_pool.sandbox.supervisor import BootError, WorkerPlan
+
+        manifest = slot.manifest
+        assert manifest is not None and self._pool is not None
+        lifecycle = self.config.lifecycle
+        plan = WorkerPlan(
+            plugin_id=slot.info.id,
+            plugin_dir=manifest.directory,
+            entry=manifest.entry,
+            capabilities=manifest.capabilities.names,
+            config_json=_json_bytes(slot.settings.config),
+            services=slot.settings.services,
+            initialize_timeout_s=lifecycle.initialize_timeout_s,
+            start_timeout_s=lifecycle.start_timeout_s,
+        )
+        try:
+            self._pool.start_plugin(
+                plan, min_workers=manifest.pool.get("min_workers"), max_workers=manifest.pool.get("max_workers")
+            )
+        except BootError as exc:
+            self._batch_routes.pop(slot.info.id, None)
+            return str(exc)
+        except PluginPoolError as exc:
+            self._batch_routes.pop(slot.info.id, None)
+            return str(exc)
+        return None
+
+    def _ensure_pool(self) -> SandboxPool:
+        if self._pool is None:
+            from plugin_pool.sandbox.pool import SandboxPool
+
+            pool = SandboxPool(
+                self.config.sandbox,
+                services=self._services,
+                on_restart=self._on_restart,
+                on_plugin_failed=self._on_sandbox_failure,
+            )
+            pool.open()
+            self._pool = pool
+        return self._pool
+
+    def _on_restart(self, plugin_id: str, reason: str) -> None:
+        self.restarts[plugin_id, reason] += 1
+        slot = self._slots.get(plugin_id)
+        self.registry.record_event(
+            EventKind.WORKER_RESTARTED,
+            plugin_id=plugin_id,
+            actor=self._actor,
+            state=slot.state if slot else None,
+            details={"reason": reason},
+        )
+
+    def _on_sandbox_failure(self, plugin_id: str, reason: str) -> None:
+        with self._lock:
+            slot = self._slots.get(plugin_id)
+            if slot is None or slot.state is not PluginState.ACTIVE:
+                return
+            routes = dict(self._routes)
+            routes.pop(plugin_id, None)
+            self._routes = routes
+            self._batch_routes.pop(plugin_id, None)
+            slot.started_seq = None
+            self._fail(slot, reason)
+
+    @property
+    def sandbox(self) -> SandboxPool | None:
+        """The worker pool of Untrusted plugins, once one has started (None before)."""
+        return self._pool
+
+    def _run_step(
+        self, slot: _Slot, step: str, func: Any, args: tuple[Any, ...], timeout_s: float
+    ) -> LifecycleError | None:
+        try:
+            self._runner.run(func, *args, timeout_s=timeout_s)
+        except StepTimeout:
+            return LifecycleTimeoutError(plugin_id=slot.info.id, step=step, timeout_s=timeout_s)
+        except Exception as exc:
+            return LifecycleError(f"{step} raised {type(exc).__name__}: {exc}", plugin_id=slot.info.id, step=step)
+        return None
+
+    def _transition(self, slot: _Slot, target: PluginState, reason: str) -> None:
+        check_transition(slot.state, target, plugin_id=slot.info.id)
+        self.registry.set_status(
+            slot.info.id,
+            target,
+            expected=slot.state,
+            actor=self._actor,
+            reason=reason,
+        )
+        slot.state = target
+        slot.reason = reason if target is PluginState.FAILED else None
+
+    def _fail(self, slot: _Slot, reason: str) -> None:
+        self._transition(slot, PluginState.FAILED, reason)
+        _log.error("plugin failed: %s", reason, extra=self._log_fields(slot, "plugin_failed"))
+
+    # -- calls ---------------------------------------------------------------------------------------------
+
+    def invoke(self, plugin_id: str, capability: str, payload: Any = None) -> Any:
+        """Call ``capability`` of an Active plugin with ``payload`` and return its result. Blocks for the call.
+
+        Raises CapabilityDeniedError (audited) for an undeclared capability, PluginNotActiveError or
+        PluginNotFoundError when the plugin cannot take work, PluginCallError when the plugin raised
+        (the original exception is its ``__cause__``), CallTimeoutError past the call deadline.
+        """
+        try:
+            route = self._routes[plugin_id][capability]
+        except KeyError:
+            raise self._route_error(plugin_id, capability) from None
+        try:
+            return route(payload)
+        except PluginPoolError:
+            raise
+        except Exception as exc:
+            raise PluginCallError(plugin_id, capability, type(exc).__qualname__, str(exc)) from exc
+
+    def invoke_many(self, plugin_id: str, capability: str, payloads: Iterable[Any]) -> list[Any]:
+        """Call ``capability`` once per payload and return the results in order (one round trip for a
+        sandboxed plugin). The first item that raises stops the batch with a PluginCallError whose
+        ``index`` names it.
+        """
+        try:
+            route = self._routes[plugin_id][capability]
+        except KeyError:
+            raise self._route_error(plugin_id, capability) from None
+        batch = self._batch_routes.get(plugin_id)
+        if batch is not None:
+            return batch(capability, payloads)
+        results = []
+        for index, payload in enumerate(payloads):
+            try:
+                results.append(route(payload))
+            except PluginPoolError:
+                raise
+            except Exception as exc:
+                raise PluginCallError(plugin_id, capability, type(exc).__qualname__, str(exc), index=index) from exc
+        return results
+
+    def get_client(self, plugin_id: str) -> PluginClient:
+        """A :class:`PluginClient` bound to ``plugin_id`` (any trust level). Raises PluginNotFoundError."""
+        self._get_slot(plugin_id)
+        return PluginClient(self, plugin_id)
+
+    def get_plugin(self, plugin_id: str) -> Any:
+        """Return the plugin object itself for zero-overhead direct calls. BuiltIn and Active only.
+
+        Raises TrustViolationError for Trusted and Untrusted plugins (their calls must be monitored or
+        sandboxed: use invoke or get_client) and PluginNotActiveError for a plugin that is not Active.
+        """
+        slot = self._get_slot(plugin_id)
+        if slot.info.trust_level is not TrustLevel.BUILTIN:
+            raise TrustViolationError(
+                f"plugin {plugin_id!r} is {slot.info.trust_level.value}: only BuiltIn plugin objects are "
+                f"handed out; call it through host.invoke or host.get_client so its calls are "
+                f"{'monitored' if slot.info.trust_level is TrustLevel.TRUSTED else 'sandboxed'}",
+                plugin_id=plugin_id,
+            )
+        if slot.state is not PluginState.ACTIVE:
+            raise PluginNotActiveError(plugin_id, slot.state, slot.reason)
+        return slot.plugin
+
+    def list_providers(self, capability: str) -> list[str]:
+        """Ids of Active plugins that declare ``capability``, in start order."""
+        slots = [
+            s for s in tuple(self._slots.values()) if s.state is PluginState.ACTIVE and capability in s.capabilities
+        ]
+        return [s.info.id for s in sorted(slots, key=lambda s: s.started_seq or 0)]
+
+    def _route_error(self, plugin_id: str, capability: str) -> PluginPoolError:
+        if self._closed or not self._opened:
+            state = "already closed" if self._closed else "not open yet"
+            return HostClosedError(f"the plugin host is {state}; calls need an open host")
+        slot = self._slots.get(plugin_id)
+        if slot is None:
+            return PluginNotFoundError(
+                f"no plugin {plugin_id!r} in this host; known: {', '.join(self._slots) or 'none'}",
+                plugin_id=plugin_id,
+            )
+        if slot.state is not PluginState.ACTIVE:
+            return PluginNotActiveError(plugin_id, slot.state, slot.reason)
+        declared = slot.capabilities.names
+        self.registry.record_event(
+            EventKind.CAPABILITY_DENIED,
+            plugin_id=plugin_id,
+            actor=self._actor,
+            state=slot.state,
+            details={"capability": str(capability)[:200], "declared": list(declared)},
+        )
+        _log.warning(
+            "capability denied", extra={**self._log_fields(slot, "capability_denied"), "capability": capability}
+        )
+        return CapabilityDeniedError(plugin_id, str(capability), declared)
+
+    # -- health ------------------------------------------------------------------------------------------
+
+    def get_health(self) -> HostHealth:
+        """A snapshot of every plugin's state, reason and counters. Takes no host lock, so it never waits
+        for a lifecycle step in progress."""
+        slots = tuple(self._slots.values())  # one C-level copy: atomic under the GIL
+        return HostHealth(tuple(self._health_of(s) for s in slots))
+
+    def get_plugin_health(self, plugin_id: str) -> PluginHealth:
+        """One plugin's health; raises PluginNotFoundError."""
+        return self._health_of(self._get_slot(plugin_id))
+
+    def is_active(self, plugin_id: str) -> bool:
+        """Whether ``plugin_id`` is known and Active. Never raises."""
+        slot = self._slots.get(plugin_id)
+        return slot is not None and slot.state is PluginState.ACTIVE
+
+    def require(self, *plugin_ids: str) -> None:
+        """Raise RequiredPluginError naming every plugin in ``plugin_ids`` that is not Active."""
+        missing = []
+        for plugin_id in plugin_ids:
+            slot = self._slots.get(plugin_id)
+            if slot is None:
+                missing.append(f"{plugin_id} (not added)")
+            elif slot.state is not PluginState.ACTIVE:
+                missing.append(f"{plugin_id} ({slot.state.value}{': ' + slot.reason if slot.reason else ''})")
+        if missing:
+            raise RequiredPluginError(
+                f"required plugins are not active: {'; '.join(missing)}",
+                plugin_id=plugin_ids[0] if len(plugin_ids) == 1 else None,
+            )
+
+    def _health_of(self, slot: _Slot) -> PluginHealth:
+        return PluginHealth(
+            plugin_id=slot.info.id,
+            name=slot.info.name,
+            version=str(slot.info.version),
+            trust_level=slot.info.trust_level,
+            state=slot.state,
+            reason=slot.reason,
+            capabilities=slot.capabilities.names,
+            stats=slot.stats.snapshot() if slot.stats else None,
+            workers=self._pool.get_stats(slot.info.id) if self._pool is not None and slot.manifest else None,
+        )
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise HostClosedError("the plugin host is already closed; create a new PluginHost")
+
+    def _check_open(self) -> None:
+        self._check_usable()
+        if not self._opened:
+            raise HostClosedError("the plugin host is not open yet; call host.open() or use 'with PluginHost()'")
+
+    def _get_slot(self, plugin_id: str) -> _Slot:
+        slot = self._slots.get(plugin_id)
+        if slot is None:
+            raise PluginNotFoundError(
+                f"no plugin {plugin_id!r} in this host; known: {', '.join(self._slots) or 'none'}",
+                plugin_id=plugin_id,
+            )
+        return slot
+
+    @staticmethod
+    def _log_fields(slot: _Slot, event: str) -> dict[str, Any]:
+        return {
+            "event": event,
+            "pluginId": slot.info.id,
+            "trustLevel": slot.info.trust_level.value,
+            "lifecycleState": slot.state.value,
+        }
+
+
+def _json_bytes(config: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(thaw_json(config))

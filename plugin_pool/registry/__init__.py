@@ -1,0 +1,21 @@
+"""The plugin registry: one protocol, an in-memory backend (and, in plugin_pool.registry.postgres, PostgreSQL)."""
+
+from plugin_pool.registry.base import (
+    AuditEvent,
+    CapabilityRecord,
+    EventKind,
+    PluginRecord,
+    PluginRegistry,
+    VersionRecord,
+)
+from plugin_pool.registry.memory import InMemoryPluginRegistry
+
+__all__ = [
+    "AuditEvent",
+    "CapabilityRecord",
+    "EventKind",
+    "InMemoryPluginRegistry",
+    "PluginRecord",
+    "PluginRegistry",
+    "VersionRecord",
+]

@@ -1,0 +1,361 @@
+"""The sandbox worker: confine, serve gRPC on the host's chosen Unix socket, import the plugin, answer calls.
+
+Runs in a process forked from the zygote; it never returns into the zygote's loop. It imports nothing of
+the host (no registry, no configuration loader, no metrics, no database driver): only the confinement
+modules, the generated protocol, and the plugin model the plugin itself uses. The order follows
+docs/SANDBOX.md: confine (Landlock, seccomp filter 1) -> grpc.server + bind + start -> seccomp filter 2
+(no socket, socketpair, connect) -> import the plugin. So the plugin's import-time code, and any thread
+it starts, is already fully confined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import itertools
+import logging
+import os
+import queue
+import resource
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import orjson
+
+from plugin_pool._proto.v1 import worker_pb2 as pb
+from plugin_pool._proto.v1 import worker_pb2_grpc as pb_grpc
+from plugin_pool.context import PluginContext
+from plugin_pool.model import Capabilities, TrustLevel
+from plugin_pool.sandbox._codec import decode_value, encode_value
+from plugin_pool.sandbox._confine import (
+    ConfinementError,
+    ConfinementReport,
+    ConfinementSpec,
+    confine_self,
+    lock_sockets,
+)
+
+__all__ = ["EXIT_BOOT_FAILED", "EXIT_CONFINEMENT_FAILED", "EXIT_PLUGIN_LOAD_FAILED", "run_worker"]
+
+# Distinct exit codes, so the host tells a worker that cannot boot from one that crashed while serving,
+# and stops respawning it (gunicorn's WORKER_BOOT_ERROR).
+EXIT_BOOT_FAILED = 70
+EXIT_CONFINEMENT_FAILED = 71
+EXIT_PLUGIN_LOAD_FAILED = 72
+BOOT_EXIT_CODES = frozenset({EXIT_BOOT_FAILED, EXIT_CONFINEMENT_FAILED, EXIT_PLUGIN_LOAD_FAILED})
+
+TYPE_MAX_CHARS = 200
+MESSAGE_MAX_CHARS = 2000
+LOG_MAX_CHARS = 4000
+OUTBOX_MAX_MESSAGES = 1000
+SERVICE_CALL_TIMEOUT_S = 10.0
+READY_WAIT_S = 30.0
+
+
+def _error(kind: str, exc: BaseException | None = None, message: str = "") -> pb.RemoteError:
+    if exc is not None:
+        return pb.RemoteError(
+            kind=kind, type=type(exc).__qualname__[:TYPE_MAX_CHARS], message=str(exc)[:MESSAGE_MAX_CHARS]
+        )
+    return pb.RemoteError(kind=kind, message=message[:MESSAGE_MAX_CHARS])
+
+
+class _OutboxLogHandler(logging.Handler):
+    """Sends the plugin's log records to the host over the Callbacks stream; drops (and counts) on overflow."""
+
+    def __init__(self, outbox: queue.Queue[pb.WorkerMessage]) -> None:
+        super().__init__()
+        self.outbox = outbox
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)[:LOG_MAX_CHARS]
+        except Exception:
+            message = str(record.msg)[:LOG_MAX_CHARS]
+        item = pb.WorkerMessage(log=pb.LogRecord(level=record.levelname, logger=record.name, message=message))
+        try:
+            self.outbox.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+
+class _ServiceProxy:
+    """A host service as the sandboxed plugin sees it: ``proxy.method(*args)`` is a call to the host."""
+
+    def __init__(self, servicer: WorkerServicer, name: str) -> None:
+        self._servicer = servicer
+        self._name = name
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args: self._servicer.call_service(self._name, method, list(args))
+
+
+class WorkerServicer(pb_grpc.PluginWorkerServicer):
+    """Answers the host's RPCs for one plugin instance. Thread-safe: gRPC calls it from its executor."""
+
+    def __init__(self, plugin_id: str, max_message_bytes: int) -> None:
+        self.plugin_id = plugin_id
+        self.max_message_bytes = max_message_bytes
+        self.ready = threading.Event()
+        self.plugin: Any = None
+        self.methods: dict[str, Callable[[Any], Any]] = {}
+        self.report: ConfinementReport | None = None
+        self.calls = 0
+        self.server: grpc.Server | None = None
+        self.outbox: queue.Queue[pb.WorkerMessage] = queue.Queue(maxsize=OUTBOX_MAX_MESSAGES)
+        self.log_handler = _OutboxLogHandler(self.outbox)
+        self.logger = logging.getLogger(f"plugin_pool.plugins.{plugin_id}")
+        self.logger.addHandler(self.log_handler)
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        self._pending: dict[int, Future[Any]] = {}
+        self._pending_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def Initialize(self, request: pb.InitializeRequest, context: grpc.ServicerContext) -> pb.StepReply:
+        if not self.ready.wait(min(READY_WAIT_S, context.time_remaining() or READY_WAIT_S)):
+            return pb.StepReply(error=_error("not_ready", message="the plugin is still loading"))
+        try:
+            config = orjson.loads(request.config_json) if request.config_json else {}
+        except orjson.JSONDecodeError as exc:
+            return pb.StepReply(error=_error("bad_payload", exc))
+        allowed = tuple(request.services)
+        plugin_context = PluginContext(
+            self.plugin_id,
+            TrustLevel.UNTRUSTED,
+            config,
+            {name: _ServiceProxy(self, name) for name in allowed},
+            allowed,
+            logger=self.logger,
+        )
+        return self._step(self.plugin.initialize, plugin_context)
+
+    def Start(self, request: pb.StepRequest, context: grpc.ServicerContext) -> pb.StepReply:
+        return self._step(self.plugin.start)
+
+    def Stop(self, request: pb.StepRequest, context: grpc.ServicerContext) -> pb.StepReply:
+        return self._step(self.plugin.stop)
+
+    def _step(self, func: Callable[..., Any], *args: Any) -> pb.StepReply:
+        if not self.ready.is_set():
+            return pb.StepReply(error=_error("not_ready", message="the plugin is not loaded"))
+        try:
+            result = func(*args)
+            if inspect.isawaitable(result):
+                self.run_coroutine(result)
+        except Exception as exc:
+            return pb.StepReply(error=_error("plugin_raised", exc))
+        return pb.StepReply()
+
+    # -- work ----------------------------------------------------------------------------------------
+
+    def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
+        method = self.methods.get(request.capability)
+        if method is None:
+            return pb.InvokeReply(
+                error=_error("unknown_capability", message=f"capability {request.capability[:100]!r} is not served")
+            )
+        return self._invoke(method, request.payload)
+
+    def InvokeBatch(self, request: pb.InvokeBatchRequest, context: grpc.ServicerContext) -> pb.InvokeBatchReply:
+        method = self.methods.get(request.capability)
+        if method is None:
+            error = _error("unknown_capability", message=f"capability {request.capability[:100]!r} is not served")
+            return pb.InvokeBatchReply(replies=[pb.InvokeReply(error=error)] * len(request.payloads))
+        replies = []
+        size = 0
+        for value in request.payloads:
+            reply = self._invoke(method, value)
+            size += reply.ByteSize()
+            if size > self.max_message_bytes:
+                reply = pb.InvokeReply(
+                    error=_error("reply_too_large", message=f"the batch reply exceeds {self.max_message_bytes} bytes")
+                )
+            replies.append(reply)
+        return pb.InvokeBatchReply(replies=replies)
+
+    def _invoke(self, method: Callable[[Any], Any], value: pb.Value) -> pb.InvokeReply:
+        try:
+            payload = decode_value(value)
+        except orjson.JSONDecodeError as exc:
+            return pb.InvokeReply(error=_error("bad_payload", exc))
+        try:
+            result = method(payload)
+            if inspect.isawaitable(result):
+                result = self.run_coroutine(result)
+        except Exception as exc:
+            return pb.InvokeReply(error=_error("plugin_raised", exc))
+        finally:
+            self.calls += 1
+        try:
+            encoded = encode_value(result)
+        except TypeError as exc:
+            return pb.InvokeReply(error=_error("bad_reply", message=f"the result is not JSON-compatible: {exc}"))
+        if encoded.ByteSize() > self.max_message_bytes:
+            return pb.InvokeReply(
+                error=_error(
+                    "reply_too_large",
+                    message=f"the result is {encoded.ByteSize()} bytes; the limit is {self.max_message_bytes}",
+                )
+            )
+        return pb.InvokeReply(result=encoded)
+
+    def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthReply:
+        report = orjson.dumps(self.report.to_dict()) if self.report is not None else b""
+        return pb.HealthReply(
+            state="ready" if self.ready.is_set() else "loading",
+            calls=self.calls,
+            max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            capabilities=sorted(self.methods),
+            confinement_json=report,
+        )
+
+    def Shutdown(self, request: pb.ShutdownRequest, context: grpc.ServicerContext) -> pb.ShutdownReply:
+        server = self.server
+        if server is not None:
+            threading.Thread(target=server.stop, args=(0.5,), daemon=True).start()
+        return pb.ShutdownReply()
+
+    # -- plugin-to-host ------------------------------------------------------------------------------
+
+    def Callbacks(
+        self, request_iterator: Iterator[pb.HostMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.WorkerMessage]:
+        threading.Thread(target=self._read_host_messages, args=(request_iterator,), daemon=True).start()
+        while context.is_active():
+            try:
+                yield self.outbox.get(timeout=0.25)
+            except queue.Empty:
+                continue
+
+    def _read_host_messages(self, request_iterator: Iterator[pb.HostMessage]) -> None:
+        try:
+            for message in request_iterator:
+                reply = message.service_reply
+                with self._pending_lock:
+                    future = self._pending.pop(reply.id, None)
+                if future is None:
+                    continue
+                if reply.WhichOneof("outcome") == "error":
+                    future.set_exception(RuntimeError(f"{reply.error.type or reply.error.kind}: {reply.error.message}"))
+                else:
+                    future.set_result(decode_value(reply.result))
+        except grpc.RpcError:
+            pass
+
+    def call_service(self, service: str, method: str, args: list[Any]) -> Any:
+        """Call ``service.method(*args)`` in the host and wait for the result (blocks up to 10 s)."""
+        request_id = next(self._ids)
+        future: Future[Any] = Future()
+        with self._pending_lock:
+            self._pending[request_id] = future
+        try:
+            self.outbox.put(
+                pb.WorkerMessage(
+                    service_request=pb.ServiceRequest(
+                        id=request_id, service=service, method=method, args=encode_value(args)
+                    )
+                ),
+                timeout=1.0,
+            )
+            return future.result(SERVICE_CALL_TIMEOUT_S)
+        finally:
+            with self._pending_lock:
+                self._pending.pop(request_id, None)
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def run_coroutine(self, awaitable: Any) -> Any:
+        """Run an awaitable on the worker's private loop thread and wait for it."""
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="plugin-loop", daemon=True).start()
+                self._loop = loop
+
+        async def wrap() -> Any:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result()
+
+    def load_plugin(self, plugin_dir: str, entry: str, declared: list[str]) -> None:
+        """Import the plugin from ``plugin_dir`` and map each declared capability to its method."""
+        module_name, _, attr = entry.partition(":")
+        sys.path.insert(0, plugin_dir)
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        plugin = obj() if isinstance(obj, type) else obj
+        info = plugin.info
+        if info.id != self.plugin_id:
+            raise ValueError(
+                f"entry {entry!r} declares plugin id {info.id!r}, but the manifest says {self.plugin_id!r}"
+            )
+        capabilities = plugin.capabilities
+        if not isinstance(capabilities, Capabilities):
+            raise TypeError(f"plugin {self.plugin_id!r} capabilities must be a Capabilities object")
+        for name in declared:
+            if name not in capabilities:
+                raise ValueError(f"the manifest declares capability {name!r} but the plugin does not")
+            method = getattr(plugin, capabilities[name].method, None)
+            if not callable(method):
+                raise ValueError(f"capability {name!r} maps to missing method {capabilities[name].method!r}")
+            self.methods[name] = method
+        self.plugin = plugin
+
+
+def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
+    """Boot and serve one worker; return the process exit code. Called in the child right after fork."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    plugin_id = str(spec["plugin_id"])
+    confinement = ConfinementSpec.from_dict({**spec["confinement"], "stdout_fd": output_fd, "log_fd": output_fd})
+    try:
+        report = confine_self(confinement, parent_pid=parent_pid)
+    except ConfinementError as exc:
+        os.write(2 if output_fd < 0 else output_fd, f"confinement failed: {exc}\n".encode(errors="replace"))
+        return EXIT_CONFINEMENT_FAILED
+    max_bytes = int(spec["max_message_bytes"])
+    servicer = WorkerServicer(plugin_id, max_bytes)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=int(spec.get("threads", 4)), thread_name_prefix="worker"),
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    servicer.server = server
+    pb_grpc.add_PluginWorkerServicer_to_server(servicer, server)
+    if server.add_insecure_port("unix:" + str(spec["socket_path"])) == 0:
+        sys.stderr.write(f"cannot bind unix:{spec['socket_path']}\n")
+        return EXIT_BOOT_FAILED
+    server.start()
+    try:
+        servicer.report = lock_sockets(confinement, report)
+    except ConfinementError as exc:
+        sys.stderr.write(f"confinement failed: {exc}\n")
+        return EXIT_CONFINEMENT_FAILED
+    try:
+        servicer.load_plugin(str(spec["plugin_dir"]), str(spec["entry"]), list(spec["capabilities"]))
+    except BaseException as exc:
+        sys.stderr.write(f"plugin load failed: {type(exc).__name__}: {exc}\n")
+        sys.stderr.flush()
+        return EXIT_PLUGIN_LOAD_FAILED
+    servicer.ready.set()
+    server.wait_for_termination()
+    return 0

@@ -1,0 +1,551 @@
+"""Routing calls to sandbox workers (host side): which worker takes a call, and what its failure means.
+
+Each Untrusted plugin has its own set of workers (never shared with another plugin). A call takes an idle
+worker of that plugin (the most recently used, so warm workers stay warm), waiting in a bounded queue when
+all are busy and growing the set up to ``max_workers``; it runs under a deadline the host enforces, and a
+worker that misses it is killed. Process supervision (forking, reaping, restarting the zygote) lives in
+``supervisor.py``; this module only asks it for workers and tells it which to kill.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import orjson
+
+from plugin_pool._proto.v1 import worker_pb2 as pb
+from plugin_pool.config import SandboxConfig
+from plugin_pool.errors import (
+    CallTimeoutError,
+    CapabilityDeniedError,
+    MalformedReplyError,
+    PayloadError,
+    PluginCallError,
+    PluginNotActiveError,
+    PoolOverloadedError,
+    ResourceLimitError,
+    SandboxError,
+    WorkerCrashedError,
+)
+from plugin_pool.lifecycle import PluginState
+from plugin_pool.sandbox._codec import decode_value, encode_value
+from plugin_pool.sandbox.supervisor import BootError, Supervisor, WorkerHandle, WorkerPlan
+
+__all__ = ["RESTART_REASONS", "PoolStats", "SandboxPool"]
+
+_log = logging.getLogger("plugin_pool.sandbox")
+
+RESTART_REASONS = ("crash", "timeout", "memory", "cpu", "recycle")
+"""Why a worker was replaced; each replacement counts once under one of these."""
+
+_SIGXCPU = 24
+_SIGKILL = 9
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """One Untrusted plugin's workers and counters at one moment."""
+
+    workers: int
+    busy: int
+    idle: int
+    waiting: int
+    calls: int
+    errors: int
+    restarts: Mapping[str, int]
+    last_error: str | None
+
+
+@dataclass(eq=False)
+class _PluginWorkers:
+    """The workers of one plugin and the calls waiting for them. Guarded by ``cond``."""
+
+    plan: WorkerPlan
+    min_workers: int
+    max_workers: int
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    idle: list[WorkerHandle] = field(default_factory=list)
+    workers: set[WorkerHandle] = field(default_factory=set)
+    spawning: int = 0
+    waiting: int = 0
+    recycling: int = 0
+    active: bool = True
+    calls: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    restarts: collections.Counter[str] = field(default_factory=collections.Counter)
+    crashes: collections.deque[float] = field(default_factory=collections.deque)
+    recycle_calls: dict[WorkerHandle, int] = field(default_factory=dict)
+
+
+class SandboxPool:
+    """The preforked, confined worker pool for Untrusted plugins.
+
+    Thread-safe. ``open`` (probes confinement, starts the zygote) and ``close`` are idempotent.
+    ``on_restart(plugin_id, reason)`` is called once per replacement; ``on_plugin_failed(plugin_id,
+    reason)`` when a plugin keeps crashing or its replacement cannot boot (the host moves it to Failed).
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        services: Mapping[str, Any] | None = None,
+        on_restart: Callable[[str, str], None] | None = None,
+        on_plugin_failed: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.supervisor = Supervisor(config, on_worker_exit=self._on_worker_exit, services=services)
+        self._on_restart = on_restart or (lambda plugin_id, reason: None)
+        self._on_plugin_failed = on_plugin_failed or (lambda plugin_id, reason: None)
+        self._plugins: dict[str, _PluginWorkers] = {}
+        self._lock = threading.Lock()
+        self._total = 0
+        self._random = random.Random()
+        self._max_message_bytes = int(config.max_message_mb * 1024 * 1024)
+
+    def open(self) -> SandboxPool:
+        """Probe confinement and start the zygote. Raises ConfinementUnavailableError below the minimum."""
+        self.supervisor.open()
+        return self
+
+    def close(self) -> None:
+        """Kill every worker and the zygote. Idempotent."""
+        with self._lock:
+            groups = list(self._plugins.values())
+            self._plugins.clear()
+        for group in groups:
+            with group.cond:
+                group.active = False
+                group.cond.notify_all()
+        self.supervisor.close()
+
+    def get_confinement(self) -> dict[str, Any]:
+        """Which layers this kernel offers, which the workers get, and which are required."""
+        return {
+            "layers": {name: status.to_dict() for name, status in self.supervisor.layers.items()},
+            "applied": sorted(self.supervisor.applied_layers),
+            "required": sorted(self.supervisor.required_layers),
+            "worker_uid": self.supervisor.worker_uid,
+            "user_namespace": self.supervisor.user_namespace,
+        }
+
+    # -- plugin lifecycle -------------------------------------------------------------------------------
+
+    def start_plugin(self, plan: WorkerPlan, *, min_workers: int | None = None, max_workers: int | None = None) -> None:
+        """Boot the plugin's first workers (initialize and start run in each). Blocks.
+
+        Raises BootError (with the worker's last output) if the first worker cannot boot.
+        """
+        low = max(1, min_workers or self.config.min_workers)
+        high = max(low, max_workers or self.config.max_workers)
+        group = _PluginWorkers(plan=plan, min_workers=low, max_workers=high)
+        self.supervisor.allow_services(plan.plugin_id, plan.services)
+        with self._lock:
+            if plan.plugin_id in self._plugins:
+                raise SandboxError(f"plugin {plan.plugin_id!r} already has workers", plugin_id=plan.plugin_id)
+            if self._total + low > self.config.max_total_workers:
+                raise SandboxError(
+                    f"plugin {plan.plugin_id!r} needs {low} workers but only "
+                    f"{self.config.max_total_workers - self._total} of sandbox.max_total_workers are free",
+                    plugin_id=plan.plugin_id,
+                )
+            self._plugins[plan.plugin_id] = group
+            self._total += low
+            group.spawning = low
+        booted: list[WorkerHandle] = []
+        try:
+            for _ in range(low):
+                booted.append(self.supervisor.spawn_worker(plan))
+        except BaseException:
+            with self._lock:
+                self._plugins.pop(plan.plugin_id, None)
+                self._total -= low
+            for handle in booted:
+                self.supervisor.kill_worker(handle, "stop")
+            raise
+        with group.cond:
+            group.spawning = 0
+            group.workers.update(booted)
+            group.idle.extend(booted)
+            for handle in booted:
+                group.recycle_calls[handle] = self._recycle_limit()
+            group.cond.notify_all()
+
+    def stop_plugin(self, plugin_id: str, *, timeout_s: float) -> str | None:
+        """Run the plugin's stop() in every worker, then retire them. Returns the first error, or None."""
+        with self._lock:
+            group = self._plugins.pop(plugin_id, None)
+        if group is None:
+            return None
+        with group.cond:
+            group.active = False
+            group.cond.notify_all()
+            workers = list(group.workers)
+        error = None
+        for handle in workers:
+            problem = self.supervisor.stop_step(handle, timeout_s)
+            error = error or problem
+            self.supervisor.retire_worker(handle, "stop")
+        with self._lock:
+            self._total -= len(workers)  # workers still spawning give their slot back themselves
+        return error
+
+    # -- calls --------------------------------------------------------------------------------------
+
+    def invoke(self, plugin_id: str, capability: str, payload: Any, timeout_s: float) -> Any:
+        """Run one call in a worker of ``plugin_id`` and return its result. Blocks up to ``timeout_s``."""
+        request = pb.InvokeRequest(capability=capability, payload=self._encode(plugin_id, payload))
+        reply = self._call(plugin_id, capability, timeout_s, lambda stub, t: stub.Invoke(request, timeout=t))
+        return self._result(plugin_id, capability, reply, None)
+
+    def invoke_many(self, plugin_id: str, capability: str, payloads: Iterable[Any], timeout_s: float) -> list[Any]:
+        """Run many inputs of one capability in one round trip; results in order.
+
+        The first failing item raises its error with ``index`` set (PluginCallError).
+        """
+        values = [self._encode(plugin_id, p) for p in payloads]
+        request = pb.InvokeBatchRequest(capability=capability, payloads=values)
+        if request.ByteSize() > self._max_message_bytes:
+            raise PayloadError(
+                f"plugin {plugin_id!r}: the batch is {request.ByteSize()} bytes; the limit is "
+                f"{self._max_message_bytes} (sandbox.max_message_mb); send smaller batches",
+                plugin_id=plugin_id,
+            )
+        reply = self._call(plugin_id, capability, timeout_s, lambda stub, t: stub.InvokeBatch(request, timeout=t))
+        if len(reply.replies) != len(values):
+            raise MalformedReplyError(
+                f"plugin {plugin_id!r}: the worker answered {len(reply.replies)} of {len(values)} batch items",
+                plugin_id=plugin_id,
+            )
+        return [self._result(plugin_id, capability, item, index) for index, item in enumerate(reply.replies)]
+
+    def _encode(self, plugin_id: str, payload: Any) -> pb.Value:
+        try:
+            value = encode_value(payload)
+        except TypeError as exc:
+            raise PayloadError(
+                f"plugin {plugin_id!r}: the payload cannot cross the sandbox boundary ({exc}); send "
+                f"JSON-compatible values or bytes",
+                plugin_id=plugin_id,
+            ) from None
+        if value.ByteSize() > self._max_message_bytes:
+            raise PayloadError(
+                f"plugin {plugin_id!r}: the payload is {value.ByteSize()} bytes; the limit is "
+                f"{self._max_message_bytes} (sandbox.max_message_mb)",
+                plugin_id=plugin_id,
+            )
+        return value
+
+    def _call(self, plugin_id: str, capability: str, timeout_s: float, rpc: Callable[[Any, float], Any]) -> Any:
+        deadline = time.monotonic() + timeout_s
+        group = self._plugins.get(plugin_id)
+        if group is None:
+            raise PluginNotActiveError(plugin_id, PluginState.STOPPED, "it has no sandbox workers")
+        handle = self._acquire(group, plugin_id, capability, deadline, timeout_s)
+        stub = handle.stub
+        try:
+            if stub is None:
+                raise _WorkerLost
+            reply = rpc(stub, max(deadline - time.monotonic(), 0.001))
+        except (grpc.RpcError, _WorkerLost) as exc:
+            error = self._call_failed(group, handle, capability, exc, timeout_s)
+            with group.cond:
+                group.errors += 1
+                group.last_error = str(error)[:500]
+            raise error from None
+        self._release(group, handle)
+        return reply
+
+    def _acquire(
+        self, group: _PluginWorkers, plugin_id: str, capability: str, deadline: float, timeout_s: float
+    ) -> WorkerHandle:
+        with group.cond:
+            while True:
+                if not group.active:
+                    raise PluginNotActiveError(plugin_id, PluginState.STOPPED, "its sandbox workers were stopped")
+                while group.idle:
+                    handle = group.idle.pop()
+                    if handle.recycle_for is not None:
+                        self._recycle(group, handle, handle.recycle_for)
+                    elif not handle.exited.is_set() and not handle.retiring:
+                        group.calls += 1
+                        return handle
+                if group.waiting >= self.config.queue_limit:
+                    raise PoolOverloadedError(
+                        f"plugin {plugin_id!r}: all {len(group.workers)} workers are busy and "
+                        f"{group.waiting} calls are waiting (sandbox.queue_limit); retry later or raise "
+                        f"sandbox.max_workers",
+                        plugin_id=plugin_id,
+                    )
+                self._grow(group)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CallTimeoutError(plugin_id, capability, timeout_s)
+                group.waiting += 1
+                try:
+                    group.cond.wait(remaining)
+                finally:
+                    group.waiting -= 1
+
+    def _grow(self, group: _PluginWorkers) -> None:
+        """Ask for one more worker when every worker is busy and the limits allow (caller holds cond)."""
+        if group.spawning or len(group.workers) >= group.max_workers:
+            return
+        with self._lock:
+            if self._total >= self.config.max_total_workers:
+                return
+            self._total += 1
+        group.spawning += 1
+        self.supervisor.schedule(0.0, lambda: self._spawn_into(group, reason=None))
+
+    def _release(self, group: _PluginWorkers, handle: WorkerHandle) -> None:
+        with group.cond:
+            handle.calls += 1
+            limit = group.recycle_calls.get(handle, self.config.recycle_after_calls)
+            age_limit = self.config.recycle_after_s * (1 + self.config.recycle_jitter * self._random.random())
+            too_old = time.monotonic() - handle.booted_at > age_limit
+            due = handle.recycle_for or ("recycle" if handle.calls >= limit or too_old else None)
+            if due is not None and group.recycling < self.config.max_concurrent_recycles and group.active:
+                self._recycle(group, handle, due)
+            elif not handle.exited.is_set() and not handle.retiring:
+                group.idle.append(handle)
+                group.cond.notify()
+
+    def _recycle(self, group: _PluginWorkers, handle: WorkerHandle, reason: str) -> None:
+        """Retire an idle worker gracefully and count its replacement under ``reason`` (caller holds cond)."""
+        group.recycling += 1
+        handle.retiring = True
+        handle.recycle_for = reason
+        self.supervisor.schedule(0.0, functools.partial(self.supervisor.retire_worker, handle, reason))
+
+    def _result(self, plugin_id: str, capability: str, reply: pb.InvokeReply, index: int | None) -> Any:
+        outcome = reply.WhichOneof("outcome")
+        if outcome == "result":
+            try:
+                return decode_value(reply.result)
+            except orjson.JSONDecodeError as exc:
+                raise MalformedReplyError(
+                    f"plugin {plugin_id!r}: the worker sent malformed JSON: {exc}", plugin_id=plugin_id
+                ) from None
+        if outcome != "error":
+            raise MalformedReplyError(
+                f"plugin {plugin_id!r}: the worker sent a reply with no outcome", plugin_id=plugin_id
+            )
+        err = reply.error
+        kind = err.kind
+        if kind == "plugin_raised":
+            if err.type == "MemoryError":
+                raise ResourceLimitError(limit="memory", plugin_id=plugin_id, pid=None, capability=capability)
+            raise PluginCallError(plugin_id, capability, err.type[:200] or "Exception", err.message[:2000], index=index)
+        if kind in ("bad_payload", "bad_reply", "reply_too_large"):
+            what = {
+                "bad_payload": "the worker could not decode the payload",
+                "bad_reply": "the plugin's result cannot cross the sandbox boundary",
+                "reply_too_large": "the plugin's result is too large",
+            }[kind]
+            raise PayloadError(f"plugin {plugin_id!r}: {what}: {err.message[:500]}", plugin_id=plugin_id)
+        if kind == "unknown_capability":
+            raise CapabilityDeniedError(plugin_id, capability, ())
+        raise MalformedReplyError(
+            f"plugin {plugin_id!r}: the worker reported {kind[:50]!r}: {err.message[:500]}", plugin_id=plugin_id
+        )
+
+    def _call_failed(
+        self, group: _PluginWorkers, handle: WorkerHandle, capability: str, exc: BaseException, timeout_s: float
+    ) -> SandboxError | CallTimeoutError | PayloadError:
+        plugin_id = group.plan.plugin_id
+        code = exc.code() if isinstance(exc, grpc.RpcError) else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and not handle.exited.is_set():
+            self.supervisor.kill_worker(handle, "timeout")
+            return CallTimeoutError(plugin_id, capability, timeout_s, pid=handle.pid)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not handle.exited.is_set():
+            self._release(group, handle)
+            return PayloadError(
+                f"plugin {plugin_id!r}: the reply exceeds sandbox.max_message_mb "
+                f"({exc.details() if isinstance(exc, grpc.RpcError) else ''})",
+                plugin_id=plugin_id,
+            )
+        # Anything else means the worker is gone or the channel is broken: wait for the zygote's exit
+        # report (it arrives within milliseconds of the death) so the error can say how it died.
+        if not handle.exited.wait(1.0):
+            self.supervisor.kill_worker(handle, "crash")
+            handle.exited.wait(1.0)
+        if handle.exit_signal == _SIGXCPU:
+            return ResourceLimitError(
+                limit="cpu", plugin_id=plugin_id, pid=handle.pid, signal=handle.exit_signal, capability=capability
+            )
+        return WorkerCrashedError(
+            plugin_id=plugin_id,
+            pid=handle.pid,
+            exit_code=handle.exit_code,
+            signal=handle.exit_signal,
+            capability=capability,
+            detail=" | ".join(line for line in handle.exit_tail[-2:] if line.strip())[:300],
+        )
+
+    # -- replacements -------------------------------------------------------------------------------
+
+    def _on_worker_exit(self, handle: WorkerHandle) -> None:
+        group = self._plugins.get(handle.plugin_id)
+        if group is None:
+            return
+        with group.cond:
+            if handle not in group.workers:
+                return
+            group.workers.discard(handle)
+            group.recycle_calls.pop(handle, None)
+            if handle in group.idle:
+                group.idle.remove(handle)
+            reason = _restart_reason(handle)
+            if handle.recycle_for is not None:
+                group.recycling = max(0, group.recycling - 1)
+            active = group.active
+            group.cond.notify_all()
+        with self._lock:
+            self._total -= 1
+        if not active or handle.killed_for == "stop":
+            return
+        if reason == "crash" and self._crash_loop(group):
+            return
+        need = len(group.workers) + group.spawning < group.min_workers or group.waiting > 0
+        if not need:
+            return
+        with self._lock:
+            self._total += 1
+        with group.cond:
+            group.spawning += 1
+        delay = self._backoff(group) if reason == "crash" else 0.0
+        self.supervisor.schedule(delay, lambda: self._spawn_into(group, reason=reason))
+
+    def _crash_loop(self, group: _PluginWorkers) -> bool:
+        now = time.monotonic()
+        with group.cond:
+            group.crashes.append(now)
+            while group.crashes and now - group.crashes[0] > self.config.crash_window_s:
+                group.crashes.popleft()
+            looping = len(group.crashes) >= self.config.crash_limit
+        if looping:
+            self._fail_plugin(
+                group,
+                f"its workers crashed {len(group.crashes)} times within "
+                f"{self.config.crash_window_s:g} s (sandbox.crash_limit)",
+            )
+        return looping
+
+    def _backoff(self, group: _PluginWorkers) -> float:
+        recent = max(len(group.crashes) - 1, 0)
+        return float(min(self.config.restart_backoff_s * (2**recent), self.config.restart_backoff_max_s))
+
+    def _spawn_into(self, group: _PluginWorkers, *, reason: str | None) -> None:
+        """Boot one worker for ``group`` (on the supervisor thread) and put it to work."""
+        plugin_id = group.plan.plugin_id
+        if not group.active:
+            self._spawn_done(group, None)
+            return
+        if reason is not None:
+            with group.cond:
+                group.restarts[reason] += 1
+            self._on_restart(plugin_id, reason)
+        try:
+            handle = self.supervisor.spawn_worker(group.plan)
+        except BootError as exc:
+            self._spawn_done(group, None)
+            if exc.boot_failure:
+                self._fail_plugin(group, f"a replacement worker could not boot: {exc}")
+            elif not self._crash_loop(group):
+                with self._lock:
+                    self._total += 1
+                with group.cond:
+                    group.spawning += 1
+                self.supervisor.schedule(self._backoff(group), lambda: self._spawn_into(group, reason="crash"))
+            return
+        self._spawn_done(group, handle)
+
+    def _spawn_done(self, group: _PluginWorkers, handle: WorkerHandle | None) -> None:
+        with group.cond:
+            group.spawning = max(0, group.spawning - 1)
+            if handle is not None and group.active:
+                group.workers.add(handle)
+                group.recycle_calls[handle] = self._recycle_limit()
+                group.idle.append(handle)
+                group.cond.notify()
+                return
+        with self._lock:
+            self._total -= 1
+        if handle is not None:
+            self.supervisor.retire_worker(handle, "stop")
+
+    def _fail_plugin(self, group: _PluginWorkers, reason: str) -> None:
+        plugin_id = group.plan.plugin_id
+        with self._lock:
+            if self._plugins.get(plugin_id) is not group:
+                return
+            del self._plugins[plugin_id]
+        with group.cond:
+            group.active = False
+            group.cond.notify_all()
+            workers = list(group.workers)
+        with self._lock:
+            self._total -= len(workers)
+        for handle in workers:
+            self.supervisor.kill_worker(handle, "stop")
+        _log.error(
+            "plugin failed in the sandbox: %s",
+            reason,
+            extra={"event": "plugin_failed", "pluginId": plugin_id, "trustLevel": "untrusted"},
+        )
+        self._on_plugin_failed(plugin_id, reason)
+
+    def _recycle_limit(self) -> int:
+        spread = 1 + self.config.recycle_jitter * self._random.random()
+        return max(1, int(self.config.recycle_after_calls * spread))
+
+    # -- health -------------------------------------------------------------------------------------
+
+    def get_stats(self, plugin_id: str) -> PoolStats | None:
+        """The plugin's workers and counters, or None if it has no workers."""
+        group = self._plugins.get(plugin_id)
+        if group is None:
+            return None
+        with group.cond:
+            busy = len(group.workers) - len(group.idle)
+            return PoolStats(
+                workers=len(group.workers),
+                busy=busy,
+                idle=len(group.idle),
+                waiting=group.waiting,
+                calls=group.calls,
+                errors=group.errors,
+                restarts=dict(group.restarts),
+                last_error=group.last_error,
+            )
+
+    def list_worker_pids(self, plugin_id: str) -> list[int]:
+        """Pids of the plugin's live workers (for operators and tests)."""
+        group = self._plugins.get(plugin_id)
+        if group is None:
+            return []
+        with group.cond:
+            return sorted(h.pid for h in group.workers if h.pid is not None and not h.exited.is_set())
+
+
+class _WorkerLost(Exception):
+    """The worker's channel was closed before the call could be sent."""
+
+
+def _restart_reason(handle: WorkerHandle) -> str:
+    if handle.killed_for in ("timeout", "memory", "recycle"):
+        return handle.killed_for
+    if handle.exit_signal == _SIGXCPU:
+        return "cpu"
+    return "crash"

@@ -1,0 +1,819 @@
+"""Keeping worker processes alive (host side): the zygote, booting workers, noticing deaths, killing.
+
+The supervisor owns processes and nothing else; which worker takes a call is decided in ``pool.py``.
+Its thread is a loop of named steps, like gunicorn's arbiter: ``start_zygote`` when there is none, run
+the scheduled tasks (replacements after their backoff), and ``check_workers`` once a second. The zygote
+is started from this long-lived thread on purpose: PR_SET_PDEATHSIG fires when the *thread* that forked
+the child exits, so a zygote started from a short-lived thread would die with it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import pwd
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+import psutil
+
+import plugin_pool
+from plugin_pool._proto.v1 import worker_pb2 as pb
+from plugin_pool._proto.v1 import worker_pb2_grpc as pb_grpc
+from plugin_pool.config import SandboxConfig
+from plugin_pool.errors import ConfinementUnavailableError, SandboxError
+from plugin_pool.sandbox._codec import decode_value, encode_value
+from plugin_pool.sandbox._confine import (
+    ALL_LAYERS,
+    LAYER_UID,
+    LAYER_USERNS,
+    ConfinementSpec,
+    LayerStatus,
+    default_read_only_paths,
+    probe_layers,
+)
+from plugin_pool.sandbox._frames import FrameReader, encode_frame, write_all
+from plugin_pool.sandbox._worker import BOOT_EXIT_CODES
+
+__all__ = ["BootError", "Supervisor", "WorkerHandle", "WorkerPlan"]
+
+_log = logging.getLogger("plugin_pool.sandbox")
+
+ZYGOTE_READY_TIMEOUT_S = 15.0
+SOCKET_POLL_S = 0.0005
+EXIT_WAIT_S = 1.0
+CHECK_INTERVAL_S = 1.0
+
+_ZYGOTE_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from plugin_pool.sandbox._zygote import main; raise SystemExit(main(sys.argv[1:]))"
+)
+
+
+class BootError(SandboxError):
+    """A worker could not boot: it exited, did not serve in time, or its plugin failed initialize/start.
+
+    ``boot_failure`` is True when the worker exited with a boot exit code (confinement or plugin import
+    failed), which will not get better by retrying.
+    """
+
+    def __init__(self, message: str, *, plugin_id: str, pid: int | None, boot_failure: bool = False) -> None:
+        super().__init__(message, plugin_id=plugin_id, pid=pid)
+        self.boot_failure = boot_failure
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    """What a worker of one plugin boots with. Built once per plugin start."""
+
+    plugin_id: str
+    plugin_dir: Path
+    entry: str
+    capabilities: tuple[str, ...]
+    config_json: bytes
+    services: tuple[str, ...]
+    initialize_timeout_s: float
+    start_timeout_s: float
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """The host's view of one worker process. Fields change under the pool's lock; ``exited`` is an Event."""
+
+    plugin_id: str
+    directory: Path
+    socket_path: Path
+    pid: int | None = None
+    channel: grpc.Channel | None = None
+    stub: pb_grpc.PluginWorkerStub | None = None
+    booted_at: float = 0.0
+    calls: int = 0
+    rss_baseline: int = 0
+    retiring: bool = False
+    exited: threading.Event = field(default_factory=threading.Event)
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    exit_tail: list[str] = field(default_factory=list)
+    killed_for: str | None = None
+    """Why the host killed it (``timeout``, ``memory``, ``recycle``, ``stop``), or None for a crash."""
+    recycle_for: str | None = None
+    """Set (to ``memory``) when the worker should be replaced the next time it is idle."""
+    callbacks: queue.Queue[pb.HostMessage | None] = field(default_factory=queue.Queue)
+
+    def describe_exit(self) -> str:
+        """How the process ended, for error messages."""
+        if self.exit_signal is not None:
+            try:
+                how = f"killed by {signal.Signals(self.exit_signal).name}"
+            except ValueError:
+                how = f"killed by signal {self.exit_signal}"
+        elif self.exit_code is not None:
+            how = f"exited with code {self.exit_code}"
+        else:
+            how = "is gone"
+        tail = " | ".join(line for line in self.exit_tail[-3:] if line.strip())
+        return f"worker pid {self.pid} {how}" + (f": {tail}" if tail else "")
+
+
+class _ZygoteProcess:
+    """The host side of one zygote: start it, send requests, read its frames on a reader thread."""
+
+    def __init__(
+        self, directory: Path, on_frame: Callable[[dict[str, Any]], None], on_exit: Callable[[], None]
+    ) -> None:
+        self._directory = directory
+        self._on_frame = on_frame
+        self._on_exit = on_exit
+        self._write_lock = threading.Lock()
+        self.ready = threading.Event()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        root = str(Path(plugin_pool.__file__).resolve().parent.parent)
+        log = open(self._directory / "zygote.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _ZYGOTE_BOOT, root, str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                close_fds=True,
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "2", "LC_ALL": "C.UTF-8"},
+            )
+        finally:
+            log.close()
+        self.pid = self.proc.pid
+        threading.Thread(target=self._read, name="plugin-pool-zygote-reader", daemon=True).start()
+        if not self.ready.wait(ZYGOTE_READY_TIMEOUT_S):
+            self.stop()
+            raise SandboxError(
+                f"the sandbox zygote did not start within {ZYGOTE_READY_TIMEOUT_S:g} s; see "
+                f"{self._directory / 'zygote.log'}"
+            )
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        reader = FrameReader(self.proc.stdout.fileno())
+        try:
+            while True:
+                frames = reader.read_available()
+                if frames is None:
+                    break
+                for frame in frames:
+                    if frame.get("op") == "ready":
+                        self.ready.set()
+                    else:
+                        self._on_frame(frame)
+        except (OSError, ValueError) as exc:
+            _log.error("zygote protocol broken: %s", exc, extra={"event": "zygote_protocol_error"})
+        finally:
+            self.proc.wait()
+            self._on_exit()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        proc = self.proc
+        if proc is None or proc.stdin is None:
+            raise SandboxError("the sandbox zygote is not running")
+        with self._write_lock:
+            try:
+                write_all(proc.stdin.fileno(), encode_frame(frame))
+            except (BrokenPipeError, ValueError, OSError) as exc:
+                raise SandboxError(f"the sandbox zygote is gone: {exc}") from exc
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            self.send({"op": "exit"})
+        except SandboxError:
+            pass
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(3.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(3.0)
+
+
+class Supervisor:
+    """Boots, watches and kills sandbox workers through one zygote; restarts the zygote if it dies.
+
+    Thread-safe. ``open`` and ``close`` are idempotent; ``close`` kills every worker and removes every
+    directory it created. Callbacks run on internal threads and must not block for long.
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        on_worker_exit: Callable[[WorkerHandle], None],
+        services: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self._on_worker_exit = on_worker_exit
+        self._services = services or {}
+        self._lock = threading.Lock()
+        self._workers: dict[int, WorkerHandle] = {}
+        self._pending: dict[int, tuple[Future[int], WorkerHandle]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[tuple[float, int, Callable[[], None]]] = []
+        self._wake = threading.Condition(self._lock)
+        self._zygote: _ZygoteProcess | None = None
+        self._zygote_ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._service_pool: ThreadPoolExecutor | None = None
+        self._closed = False
+        self._opened = False
+        self.base_dir: Path | None = None
+        self.layers: dict[str, LayerStatus] = {}
+        self.required_layers: frozenset[str] = frozenset()
+        self.applied_layers: frozenset[str] = frozenset()
+        self.worker_uid: int | None = None
+        self.user_namespace = False
+        self.zygote_restarts = 0
+
+    # -- open / close ----------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Probe the confinement layers, create the private directory and start the zygote. Blocks."""
+        with self._lock:
+            if self._closed:
+                raise SandboxError("the sandbox supervisor is already closed")
+            if self._opened:
+                return
+            self._opened = True
+        self._decide_confinement()
+        self.base_dir = Path(tempfile.mkdtemp(prefix="plugin-pool-"))
+        # 0711: workers may traverse to their own directory but cannot list the others.
+        os.chmod(self.base_dir, 0o711)
+        self._service_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="plugin-pool-service")
+        self._thread = threading.Thread(target=self._run, name="plugin-pool-supervisor", daemon=True)
+        self._thread.start()
+        if not self._zygote_ready.wait(ZYGOTE_READY_TIMEOUT_S + 1):
+            raise SandboxError("the sandbox zygote did not start; see the log for the reason")
+
+    def close(self) -> None:
+        """Kill every worker and the zygote, remove the private directory. Idempotent; blocks up to ~3 s."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers = list(self._workers.values())
+            self._wake.notify_all()
+        for handle in workers:
+            handle.killed_for = handle.killed_for or "stop"
+            self._close_channel(handle)
+        zygote = self._zygote
+        if zygote is not None:
+            zygote.stop()  # the zygote kills and reaps its workers before it exits
+        if self._thread is not None:
+            self._thread.join(3.0)
+        if self._service_pool is not None:
+            self._service_pool.shutdown(wait=False, cancel_futures=True)
+        if self.base_dir is not None:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def _decide_confinement(self) -> None:
+        config = self.config
+        uid = None
+        user = config.worker_user
+        root = os.geteuid() == 0
+        if root and user not in ("userns",):
+            uid = _resolve_user("nobody" if user == "auto" else user)
+        spec = (
+            ConfinementSpec(temp_dir="/tmp", read_only_paths=self._read_only_paths(None), uid=uid)
+            if uid is not None
+            else None
+        )
+        self.layers = probe_layers(spec)
+        if uid is not None and not self.layers[LAYER_UID].available:
+            if user != "auto":
+                raise ConfinementUnavailableError(
+                    f"sandbox.worker_user = {user!r} cannot be used: {self.layers[LAYER_UID].reason}"
+                )
+            _log.warning(
+                "workers cannot drop to uid nobody (%s); using a user namespace instead",
+                self.layers[LAYER_UID].reason,
+                extra={"event": "sandbox_uid_fallback"},
+            )
+            uid = None
+        self.worker_uid = uid
+        self.user_namespace = uid is None and self.layers[LAYER_USERNS].available
+        available = {name for name, status in self.layers.items() if status.available}
+        available.discard(LAYER_UID if uid is None else LAYER_USERNS)
+        if not self.user_namespace:
+            available.discard(LAYER_USERNS)
+        wanted = config.required_layers.strip().lower()
+        if wanted == "available":
+            required = set(available)
+        elif wanted == "none":
+            required = set()
+        else:
+            required = {name.strip() for name in wanted.split(",") if name.strip()}
+            unknown = required - set(ALL_LAYERS)
+            if unknown:
+                raise ConfinementUnavailableError(
+                    f"sandbox.required_layers names unknown layers {sorted(unknown)}; known: {', '.join(ALL_LAYERS)}"
+                )
+            missing = sorted(required - available)
+            if missing:
+                why = "; ".join(f"{m}: {self.layers[m].reason}" for m in missing)
+                raise ConfinementUnavailableError(
+                    f"the sandbox cannot confine workers as required: {why}. Lower sandbox.required_layers "
+                    f"only if you accept weaker isolation"
+                )
+        self.applied_layers = frozenset(available)
+        self.required_layers = frozenset(required)
+
+    def _read_only_paths(self, plugin_dir: Path | None) -> tuple[str, ...]:
+        package_dir = str(Path(plugin_pool.__file__).resolve().parent)
+        extra = [package_dir] + ([str(plugin_dir)] if plugin_dir is not None else [])
+        return default_read_only_paths(*extra)
+
+    # -- the supervisor loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_check = time.monotonic() + CHECK_INTERVAL_S
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                needs_zygote = self._zygote is None
+            if needs_zygote:
+                self.start_zygote()
+            self.run_due_tasks()
+            if time.monotonic() >= next_check:
+                self.check_workers()
+                next_check = time.monotonic() + CHECK_INTERVAL_S
+            with self._lock:
+                if self.is_closed:
+                    return
+                wait = next_check - time.monotonic()
+                if self._tasks:
+                    wait = min(wait, self._tasks[0][0] - time.monotonic())
+                if wait > 0 and self._zygote is not None:
+                    self._wake.wait(wait)
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether close() was called."""
+        return self._closed
+
+    def start_zygote(self) -> None:
+        """Start a zygote (on the supervisor thread). On failure, retry after a second."""
+        assert self.base_dir is not None
+        zygote = _ZygoteProcess(self.base_dir, self._on_frame, self._on_zygote_exit)
+        try:
+            zygote.start()
+        except (OSError, SandboxError) as exc:
+            _log.error("cannot start the sandbox zygote: %s", exc, extra={"event": "zygote_failed"})
+            time.sleep(1.0)
+            return
+        with self._lock:
+            self._zygote = zygote
+        self._zygote_ready.set()
+        _log.info("zygote started", extra={"event": "zygote_started", "pid": zygote.pid})
+
+    def run_due_tasks(self) -> None:
+        """Run every scheduled task whose time has come."""
+        while True:
+            with self._lock:
+                if not self._tasks or self._tasks[0][0] > time.monotonic():
+                    return
+                _, _, task = heapq.heappop(self._tasks)
+            try:
+                task()
+            except Exception:
+                _log.exception("sandbox task failed", extra={"event": "sandbox_task_failed"})
+
+    def check_workers(self) -> None:
+        """Once a second: mark workers whose resident memory grew past the limit for recycling.
+
+        The pool retires a marked worker when it is next idle, so no call in flight is lost.
+        """
+        with self._lock:
+            workers = [h for h in self._workers.values() if not h.exited.is_set()]
+        limit_bytes = self.config.recycle_memory_growth_mb * 1024 * 1024
+        for handle in workers:
+            rss = _rss_of(handle.pid)
+            if rss and handle.rss_baseline and rss - handle.rss_baseline > limit_bytes:
+                handle.recycle_for = handle.recycle_for or "memory"
+
+    def schedule(self, delay_s: float, task: Callable[[], None]) -> None:
+        """Run ``task`` on the supervisor thread after ``delay_s`` seconds."""
+        with self._lock:
+            heapq.heappush(self._tasks, (time.monotonic() + delay_s, next(self._ids), task))
+            self._wake.notify_all()
+
+    # -- zygote frames -----------------------------------------------------------------------------
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        op = frame.get("op")
+        if op == "spawned" or op == "spawn_failed":
+            with self._lock:
+                pending = self._pending.pop(int(frame["id"]), None)
+                if pending is not None and op == "spawned":
+                    pending[1].pid = int(frame["pid"])
+                    self._workers[int(frame["pid"])] = pending[1]
+            if pending is not None:
+                if op == "spawned":
+                    pending[0].set_result(int(frame["pid"]))
+                else:
+                    pending[0].set_exception(SandboxError(f"fork failed in the zygote: {frame.get('error')}"))
+        elif op == "exited":
+            with self._lock:
+                handle = self._workers.pop(int(frame["pid"]), None)
+            if handle is not None:
+                handle.exit_code = frame.get("code")
+                handle.exit_signal = frame.get("signal")
+                handle.exit_tail = [str(line) for line in frame.get("tail", [])]
+                self._worker_gone(handle)
+        elif op == "output":
+            with self._lock:
+                handle = self._workers.get(int(frame["pid"]))
+            plugin_id = handle.plugin_id if handle else "?"
+            for line in frame.get("lines", []):
+                _log.info(
+                    "%s",
+                    line,
+                    extra={
+                        "event": "worker_output",
+                        "pluginId": plugin_id,
+                        "trustLevel": "untrusted",
+                        "pid": frame["pid"],
+                    },
+                )
+
+    def _on_zygote_exit(self) -> None:
+        with self._lock:
+            self._zygote = None
+            self._zygote_ready.clear()
+            orphans = list(self._workers.values())
+            self._workers.clear()
+            pending = list(self._pending.values())
+            self._pending.clear()
+            closed = self._closed
+            if not closed:
+                self.zygote_restarts += 1
+            self._wake.notify_all()
+        for future, _ in pending:
+            future.set_exception(SandboxError("the sandbox zygote died while forking"))
+        for handle in orphans:
+            # PDEATHSIG killed them with the zygote; make sure, then report them.
+            if handle.pid is not None:
+                try:
+                    os.kill(handle.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            handle.exit_signal = handle.exit_signal or int(signal.SIGKILL)
+            handle.exit_tail = handle.exit_tail or ["the zygote died"]
+            self._worker_gone(handle)
+        if not closed:
+            _log.error("the sandbox zygote died; restarting it", extra={"event": "zygote_died"})
+
+    def _worker_gone(self, handle: WorkerHandle) -> None:
+        handle.exited.set()
+        handle.callbacks.put(None)
+        self._close_channel(handle)
+        if self.base_dir is not None:
+            shutil.rmtree(handle.directory, ignore_errors=True)
+        self._on_worker_exit(handle)
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    def spawn_worker(self, plan: WorkerPlan) -> WorkerHandle:
+        """Fork a worker for ``plan`` and boot it: serve, initialize, start. Blocks (about 20 ms).
+
+        Raises BootError if the worker exits, does not serve within ``boot_timeout_s``, or its plugin's
+        initialize or start fails; the process is killed in that case.
+        """
+        if not self._zygote_ready.wait(self.config.boot_timeout_s):
+            raise BootError("the sandbox zygote is not running", plugin_id=plan.plugin_id, pid=None)
+        assert self.base_dir is not None
+        number = next(self._ids)
+        directory = self.base_dir / f"{plan.plugin_id}-{number}"
+        handle = WorkerHandle(
+            plugin_id=plan.plugin_id, directory=directory, socket_path=directory / "sock" / "worker.sock"
+        )
+        self._make_worker_dirs(directory)
+        spec = self._worker_spec(plan, handle)
+        future: Future[int] = Future()
+        with self._lock:
+            if self._closed:
+                raise BootError("the sandbox is closed", plugin_id=plan.plugin_id, pid=None)
+            zygote = self._zygote
+            self._pending[number] = (future, handle)
+        if zygote is None:
+            raise BootError("the sandbox zygote is not running", plugin_id=plan.plugin_id, pid=None)
+        deadline = time.monotonic() + self.config.boot_timeout_s
+        try:
+            zygote.send({"op": "spawn", "id": number, "spec": spec})
+            future.result(self.config.boot_timeout_s)
+            self._wait_for_socket(handle, deadline)
+            self._connect(handle)
+            self._boot_step(
+                handle,
+                "initialize",
+                plan.initialize_timeout_s,
+                lambda stub, t: stub.Initialize(
+                    pb.InitializeRequest(
+                        plugin_id=plan.plugin_id, config_json=plan.config_json, services=list(plan.services)
+                    ),
+                    timeout=t,
+                ),
+            )
+            self._boot_step(
+                handle, "start", plan.start_timeout_s, lambda stub, t: stub.Start(pb.StepRequest(), timeout=t)
+            )
+        except BaseException as exc:
+            with self._lock:
+                self._pending.pop(number, None)
+            self.kill_worker(handle, "boot")
+            if isinstance(exc, BootError):
+                raise
+            if isinstance(exc, FutureTimeout):
+                raise BootError(
+                    f"plugin {plan.plugin_id!r}: the zygote did not fork a worker in time",
+                    plugin_id=plan.plugin_id,
+                    pid=None,
+                ) from None
+            if isinstance(exc, SandboxError):
+                raise BootError(str(exc), plugin_id=plan.plugin_id, pid=handle.pid) from exc
+            raise
+        handle.booted_at = time.monotonic()
+        handle.rss_baseline = _rss_of(handle.pid)
+        return handle
+
+    def _make_worker_dirs(self, directory: Path) -> None:
+        directory.mkdir(mode=0o711)
+        for sub in ("sock", "tmp"):
+            path = directory / sub
+            path.mkdir(mode=0o700)
+            if self.worker_uid is not None:
+                os.chown(path, self.worker_uid, self.worker_uid)
+
+    def _worker_spec(self, plan: WorkerPlan, handle: WorkerHandle) -> dict[str, Any]:
+        config = self.config
+        layers = self.applied_layers
+        confinement = ConfinementSpec(
+            temp_dir=str(handle.directory / "tmp"),
+            read_only_paths=self._read_only_paths(plan.plugin_dir),
+            socket_dir=str(handle.socket_path.parent),
+            cpu_time_s=config.cpu_time_s,
+            memory_mb=config.memory_mb,
+            open_files=config.open_files,
+            file_size_mb=config.file_size_mb,
+            uid=self.worker_uid,
+            unshare_net=True,
+            user_namespace=self.user_namespace,
+            layers=frozenset(layers),
+            required_layers=frozenset(self.required_layers),
+        )
+        return {
+            "plugin_id": plan.plugin_id,
+            "plugin_dir": str(plan.plugin_dir),
+            "entry": plan.entry,
+            "capabilities": list(plan.capabilities),
+            "socket_path": str(handle.socket_path),
+            "confinement": confinement.to_dict(),
+            "threads": config.worker_threads,
+            "max_message_bytes": int(config.max_message_mb * 1024 * 1024),
+        }
+
+    def _wait_for_socket(self, handle: WorkerHandle, deadline: float) -> None:
+        delay = SOCKET_POLL_S
+        while not handle.socket_path.exists():
+            if handle.exited.wait(delay):
+                raise BootError(
+                    f"plugin {handle.plugin_id!r}: {handle.describe_exit()} before serving",
+                    plugin_id=handle.plugin_id,
+                    pid=handle.pid,
+                    boot_failure=handle.exit_code in BOOT_EXIT_CODES,
+                )
+            if time.monotonic() > deadline:
+                raise BootError(
+                    f"plugin {handle.plugin_id!r}: worker pid {handle.pid} did not serve within "
+                    f"{self.config.boot_timeout_s:g} s (sandbox.boot_timeout_s)",
+                    plugin_id=handle.plugin_id,
+                    pid=handle.pid,
+                )
+            delay = min(delay * 1.5, 0.005)
+
+    def _connect(self, handle: WorkerHandle) -> None:
+        limit = int(self.config.max_message_mb * 1024 * 1024)
+        handle.channel = grpc.insecure_channel(
+            f"unix:{handle.socket_path}",
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.use_local_subchannel_pool", 1),
+                ("grpc.enable_retries", 0),
+                ("grpc.initial_reconnect_backoff_ms", 5),
+                ("grpc.min_reconnect_backoff_ms", 5),
+                ("grpc.max_reconnect_backoff_ms", 20),
+            ],
+        )
+        handle.stub = pb_grpc.PluginWorkerStub(handle.channel)
+        threading.Thread(
+            target=self._serve_callbacks, args=(handle,), name=f"plugin-pool-cb-{handle.pid}", daemon=True
+        ).start()
+
+    def _boot_step(
+        self,
+        handle: WorkerHandle,
+        step: str,
+        timeout_s: float,
+        call: Callable[[pb_grpc.PluginWorkerStub, float], pb.StepReply],
+    ) -> None:
+        assert handle.stub is not None
+        try:
+            reply = call(handle.stub, timeout_s)
+        except grpc.RpcError as exc:
+            handle.exited.wait(EXIT_WAIT_S if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED else 0)
+            if handle.exited.is_set():
+                detail = handle.describe_exit()
+            elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                detail = f"{step} timed out after {timeout_s:g} s"
+            else:
+                detail = f"{exc.code().name}: {exc.details()}"
+            raise BootError(
+                f"plugin {handle.plugin_id!r}: {step} failed: {detail}",
+                plugin_id=handle.plugin_id,
+                pid=handle.pid,
+                boot_failure=handle.exit_code in BOOT_EXIT_CODES,
+            ) from None
+        if reply.HasField("error"):
+            err = reply.error
+            raise BootError(
+                f"plugin {handle.plugin_id!r}: {step} raised {err.type or err.kind}: {err.message}",
+                plugin_id=handle.plugin_id,
+                pid=handle.pid,
+                boot_failure=True,
+            )
+
+    def kill_worker(self, handle: WorkerHandle, reason: str) -> None:
+        """SIGKILL the worker through the zygote (race-free: the zygote only signals its live children)."""
+        handle.killed_for = handle.killed_for or reason
+        handle.retiring = True
+        zygote = self._zygote
+        if handle.pid is not None and zygote is not None and not handle.exited.is_set():
+            try:
+                zygote.send({"op": "kill", "pid": handle.pid, "signal": int(signal.SIGKILL)})
+            except SandboxError:
+                pass
+        self._close_channel(handle)
+
+    def retire_worker(self, handle: WorkerHandle, reason: str) -> None:
+        """Stop a worker gracefully (plugin stop, then shutdown), killing it if it does not exit in 1 s."""
+        handle.killed_for = handle.killed_for or reason
+        handle.retiring = True
+        stub = handle.stub
+        if stub is not None and not handle.exited.is_set():
+            try:
+                stub.Stop(pb.StepRequest(), timeout=1.0)
+                stub.Shutdown(pb.ShutdownRequest(), timeout=0.5)
+            except grpc.RpcError:
+                pass
+            if handle.exited.wait(1.0):
+                return
+        self.kill_worker(handle, reason)
+
+    def stop_step(self, handle: WorkerHandle, timeout_s: float) -> str | None:
+        """Call the plugin's stop() in one worker; return an error text, or None on success."""
+        stub = handle.stub
+        if stub is None or handle.exited.is_set():
+            return None
+        try:
+            reply = stub.Stop(pb.StepRequest(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"stop timed out after {timeout_s:g} s"
+            return f"stop failed: {exc.code().name}"
+        if reply.HasField("error"):
+            return f"stop raised {reply.error.type or reply.error.kind}: {reply.error.message}"
+        return None
+
+    def _close_channel(self, handle: WorkerHandle) -> None:
+        channel = handle.channel
+        if channel is not None:
+            handle.channel = None
+            handle.callbacks.put(None)
+            try:
+                channel.close()
+            except Exception:  # closing an already broken channel must never raise into the pool
+                pass
+
+    # -- plugin-to-host callbacks ------------------------------------------------------------------
+
+    def _serve_callbacks(self, handle: WorkerHandle) -> None:
+        stub = handle.stub
+        if stub is None:
+            return
+
+        def outgoing() -> Iterator[pb.HostMessage]:
+            while True:
+                message = handle.callbacks.get()
+                if message is None:
+                    return
+                yield message
+
+        try:
+            for message in stub.Callbacks(outgoing()):
+                kind = message.WhichOneof("kind")
+                if kind == "log":
+                    record = message.log
+                    level = logging.getLevelName(record.level)
+                    _log.log(
+                        level if isinstance(level, int) else logging.INFO,
+                        "%s",
+                        record.message[:4000],
+                        extra={
+                            "event": "plugin_log",
+                            "pluginId": handle.plugin_id,
+                            "trustLevel": "untrusted",
+                            "pid": handle.pid,
+                            "pluginLogger": record.logger[:200],
+                        },
+                    )
+                elif kind == "service_request" and self._service_pool is not None:
+                    self._service_pool.submit(self._answer_service, handle, message.service_request)
+        except grpc.RpcError:
+            pass
+        except Exception:
+            _log.exception("callbacks stream of worker %s failed", handle.pid, extra={"event": "callbacks_failed"})
+
+    def _answer_service(self, handle: WorkerHandle, request: pb.ServiceRequest) -> None:
+        allowed = self._allowed_services.get(handle.plugin_id, ())
+        reply = pb.ServiceReply(id=request.id)
+        try:
+            if request.service not in allowed:
+                raise PermissionError(f"plugin {handle.plugin_id!r} may not use host service {request.service!r}")
+            if request.method.startswith("_"):
+                raise PermissionError(f"method {request.method!r} of a host service is private")
+            service = self._services[request.service]
+            args = decode_value(request.args) or []
+            result = getattr(service, request.method)(*args)
+            reply.result.CopyFrom(encode_value(result))
+        except Exception as exc:
+            reply.error.CopyFrom(
+                pb.RemoteError(kind="service_error", type=type(exc).__qualname__, message=str(exc)[:2000])
+            )
+        handle.callbacks.put(pb.HostMessage(service_reply=reply))
+
+    _allowed_services: dict[str, tuple[str, ...]] = {}
+
+    def allow_services(self, plugin_id: str, services: tuple[str, ...]) -> None:
+        """Record which host services ``plugin_id``'s workers may call."""
+        self._allowed_services = {**self._allowed_services, plugin_id: services}
+
+    def get_worker_count(self) -> int:
+        """Live workers of every plugin."""
+        with self._lock:
+            return len(self._workers)
+
+
+def _rss_of(pid: int | None) -> int:
+    if pid is None:
+        return 0
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.Error, OSError):
+        return 0
+
+
+def _resolve_user(user: str) -> int:
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise ConfinementUnavailableError(
+            f"sandbox.worker_user = {user!r} is not a user on this machine; name an existing user, a uid, "
+            f"'auto' or 'userns'"
+        ) from None
+
+
+_ = orjson  # orjson is imported for its side effect of failing early if missing

@@ -1,0 +1,50 @@
+"""pytest fixtures, registered through the ``pytest11`` entry point ``plugin_pool``.
+
+- ``fake_registry``: a fresh :class:`FakeRegistry`.
+- ``plugin_host``: an open :class:`PluginHost` on ``fake_registry``, closed after the test.
+- ``plugin_harness``: a factory ``plugin_harness(plugin, **kwargs)`` returning a started
+  :class:`PluginHarness`; every harness it made is closed after the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from plugin_pool.host import PluginHost
+from plugin_pool.model import Plugin
+from plugin_pool.testing.harness import FakeRegistry, PluginHarness
+
+
+@pytest.fixture
+def fake_registry() -> Iterator[FakeRegistry]:
+    """A fresh recording in-memory registry."""
+    registry = FakeRegistry()
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def plugin_host(fake_registry: FakeRegistry) -> Iterator[PluginHost]:
+    """An open host on ``fake_registry``; closed (plugins stopped) after the test."""
+    host = PluginHost(registry=fake_registry)
+    with host:
+        yield host
+
+
+@pytest.fixture
+def plugin_harness() -> Iterator[Callable[..., PluginHarness]]:
+    """A factory that starts a PluginHarness per plugin and closes them all after the test."""
+    made: list[PluginHarness] = []
+
+    def make(plugin: Plugin, **kwargs: Any) -> PluginHarness:
+        harness = PluginHarness(plugin, **kwargs)
+        made.append(harness)
+        harness.start()
+        return harness
+
+    yield make
+    for harness in reversed(made):
+        harness.close()
