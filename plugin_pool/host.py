@@ -299,6 +299,7 @@ class PluginHost:
                     self._add_failed_entry(plugin_id, replace(settings, trust_level="untrusted"), exc)
                 added.append(plugin_id)
                 continue
+            assert settings.entry is not None
             try:
                 plugin = load_entry(settings.entry)
                 info = self._read_info(plugin)
