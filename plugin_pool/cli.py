@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import signal
 import sys
 import threading
 import time
@@ -101,7 +103,34 @@ def _progress(done: list[int], total: int, stop: threading.Event, out: TextIO) -
         out.write("\r" + " " * 60 + "\r")
 
 
-def _run_workload(host: PluginHost, config: Config, out: TextIO, err: TextIO, quiet: bool) -> dict[str, Any]:
+def _kill_workers(
+    host: PluginHost, count: int, done: list[int], total: int, err: TextIO, stop: threading.Event
+) -> None:
+    """Kill ``count`` sandbox workers with SIGKILL at even points of the workload, to show recovery."""
+    for n in range(1, count + 1):
+        while done[0] < total * n / (count + 1) and not stop.wait(0.01):
+            pass
+        if stop.is_set():
+            return
+        pool = host.sandbox
+        victims = [
+            (plugin_id, pid)
+            for plugin_id in host.get_health().active
+            for pid in (pool.list_worker_pids(plugin_id) if pool is not None else [])
+        ]
+        if not victims:
+            return
+        plugin_id, pid = random.choice(victims)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        err.write(f"[run] killed worker pid {pid} of plugin {plugin_id!r} on purpose (SIGKILL)\n")
+
+
+def _run_workload(
+    host: PluginHost, config: Config, out: TextIO, err: TextIO, quiet: bool, kill_workers: int = 0
+) -> dict[str, Any]:
     work = config.workload
     providers = host.list_providers(work.capability)
     runs = {pid: _PluginRun(pid) for pid in providers}
@@ -123,9 +152,9 @@ def _run_workload(host: PluginHost, config: Config, out: TextIO, err: TextIO, qu
             except PluginPoolError as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             latencies.append(clock() - t0)
-            if len(latencies) % 1000 == 0:
+            if len(latencies) % 100 == 0:
                 with done_lock:
-                    done[0] += 1000
+                    done[0] += 100
         runs[plugin_id].add(latencies, errors)
 
     stop = threading.Event()
@@ -133,6 +162,10 @@ def _run_workload(host: PluginHost, config: Config, out: TextIO, err: TextIO, qu
     if not quiet and total:
         progress = threading.Thread(target=_progress, args=(done, total, stop, err), daemon=True)
         progress.start()
+    killer = None
+    if kill_workers:
+        killer = threading.Thread(target=_kill_workers, args=(host, kill_workers, done, total, err, stop), daemon=True)
+        killer.start()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=work.threads, thread_name_prefix="plugin-pool-run") as pool:
         futures = []
@@ -147,8 +180,9 @@ def _run_workload(host: PluginHost, config: Config, out: TextIO, err: TextIO, qu
             f.result()
     elapsed = time.perf_counter() - started
     stop.set()
-    if progress is not None:
-        progress.join(2.0)
+    for thread in (progress, killer):
+        if thread is not None:
+            thread.join(2.0)
     summary: dict[str, Any] = {
         "capability": work.capability,
         "threads": work.threads,
@@ -169,6 +203,7 @@ def _run_workload(host: PluginHost, config: Config, out: TextIO, err: TextIO, qu
                 "errors_by_type": dict(run.errors) if run else {},
                 "p50_us": round(_percentile(lat, 0.50), 2),
                 "p99_us": round(_percentile(lat, 0.99), 2),
+                "restarts": dict(p.workers.restarts) if p.workers is not None else {},
             }
         )
     return summary
@@ -178,7 +213,7 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
     out.write(
         f"\nworkload: capability {summary['capability']!r}, {summary['threads']} threads, {summary['elapsed_s']} s\n"
     )
-    header = ("PLUGIN", "TRUST", "STATE", "CALLS", "ERRORS", "P50 µs", "P99 µs")
+    header = ("PLUGIN", "TRUST", "STATE", "CALLS", "ERRORS", "P50 µs", "P99 µs", "WORKER RESTARTS")
     rows = [header] + [
         (
             p["plugin_id"],
@@ -188,6 +223,8 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
             f"{p['errors']:,}",
             f"{p['p50_us']:.1f}",
             f"{p['p99_us']:.1f}",
+            ", ".join(f"{reason} {n}" for reason, n in sorted(p["restarts"].items()))
+            or ("0" if p["trust_level"] == "untrusted" else "-"),
         )
         for p in summary["plugins"]
     ]
@@ -197,6 +234,8 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
     for p in summary["plugins"]:
         if p["reason"]:
             out.write(f"  {p['plugin_id']}: {p['reason']}\n")
+        for kind, n in sorted(p["errors_by_type"].items()):
+            out.write(f"  {p['plugin_id']}: {n:,} calls failed with {kind}\n")
 
 
 def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -209,7 +248,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         health = host.start_plugins()
         if not args.json:
             _print_health(health, out)
-        summary = _run_workload(host, config, out, err, quiet=args.quiet or args.json)
+        summary = _run_workload(host, config, out, err, quiet=args.quiet or args.json, kill_workers=args.kill_workers)
     if args.json:
         out.write(json.dumps(summary, indent=2) + "\n")
     else:
@@ -263,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="caller threads (overrides [workload] threads)")
     run.add_argument("--capability", help="capability to call (overrides [workload] capability)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.add_argument(
+        "--kill-workers", type=int, default=0, metavar="N", help="SIGKILL N sandbox workers during the run (a demo)"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed or any call failed")
     run.set_defaults(func=_cmd_run)

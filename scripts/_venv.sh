@@ -20,8 +20,14 @@ ensure_venv() {
   want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing plugin_pool${extra:+[$extra]} into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extra:+[$extra]}" >&2
+    local log="$VENV/install.log"
+    if ! { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip \
+           && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extra:+[$extra]}"; } \
+         >"$log" 2>&1; then
+      cat "$log" >&2
+      echo "[setup] pip install failed; the log above is also in $log" >&2
+      exit 1
+    fi
     echo "$want" > "$stamp"
   fi
 }

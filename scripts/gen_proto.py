@@ -14,11 +14,10 @@ import argparse
 import difflib
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
@@ -42,8 +41,12 @@ def generate() -> dict[Path, str]:
             f"--mypy_grpc_out={tmp}",
         ]
         args += [str(p.relative_to(PROTO_ROOT)) for p in protos]
-        if protoc.main(args) != 0:
-            raise SystemExit("protoc failed")
+        # In a child process, so the plugins' chatter on stderr is shown only when protoc fails.
+        result = subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", *args[1:]], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"protoc failed:\n{result.stderr}")
         for path in sorted(Path(tmp).rglob("*.py*")):
             rel = path.relative_to(tmp)
             # plugin_pool/v1/worker_pb2.py -> v1/worker_pb2.py under plugin_pool/_proto
@@ -77,7 +80,8 @@ def main() -> int:
                 sys.stdout.writelines(
                     difflib.unified_diff(current.splitlines(True), text.splitlines(True), f"a/{rel}", f"b/{rel}", n=1)
                 )
-        extra = sorted(p.relative_to(OUT) for p in OUT.rglob("*.py*") if p.relative_to(OUT) not in files)
+        committed = [p for p in OUT.rglob("*.py*") if p.suffix in (".py", ".pyi") and "__pycache__" not in p.parts]
+        extra = sorted(p.relative_to(OUT) for p in committed if p.relative_to(OUT) not in files)
         if stale or extra:
             print(
                 f"generated code is stale: {[str(p) for p in stale + extra]}; run scripts/gen_proto.py", file=sys.stderr
