@@ -10,7 +10,6 @@ worker that misses it is killed. Process supervision (forking, reaping, restarti
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import random
 import threading
@@ -195,7 +194,7 @@ class SandboxPool:
         for handle in workers:
             problem = self.supervisor.stop_step(handle, timeout_s)
             error = error or problem
-            self.supervisor.retire_worker(handle, "stop")
+            self.supervisor.retire_worker(handle, "stop", call_stop=False)
         with self._lock:
             self._total -= len(workers)  # workers still spawning give their slot back themselves
         return error
@@ -326,7 +325,10 @@ class SandboxPool:
         group.recycling += 1
         handle.retiring = True
         handle.recycle_for = reason
-        self.supervisor.schedule(0.0, functools.partial(self.supervisor.retire_worker, handle, reason))
+        # Its own thread: a graceful retirement takes up to 2.5 s and must not hold up replacements.
+        threading.Thread(
+            target=self.supervisor.retire_worker, args=(handle, reason), name="plugin-pool-retire", daemon=True
+        ).start()
 
     def _result(self, plugin_id: str, capability: str, reply: pb.InvokeReply, index: int | None) -> Any:
         outcome = reply.WhichOneof("outcome")

@@ -686,14 +686,16 @@ class Supervisor:
                 pass
         self._close_channel(handle)
 
-    def retire_worker(self, handle: WorkerHandle, reason: str) -> None:
-        """Stop a worker gracefully (plugin stop, then shutdown), killing it if it does not exit in 1 s."""
+    def retire_worker(self, handle: WorkerHandle, reason: str, *, call_stop: bool = True) -> None:
+        """Stop a worker gracefully (the plugin's stop() unless ``call_stop`` is False, then shutdown),
+        killing it if it does not exit within a second. Blocks up to about 2.5 s."""
         handle.killed_for = handle.killed_for or reason
         handle.retiring = True
         stub = handle.stub
         if stub is not None and not handle.exited.is_set():
             try:
-                stub.Stop(pb.StepRequest(), timeout=1.0)
+                if call_stop:
+                    stub.Stop(pb.StepRequest(), timeout=1.0)
                 stub.Shutdown(pb.ShutdownRequest(), timeout=0.5)
             except grpc.RpcError:
                 pass

@@ -1,0 +1,3 @@
+"""A test plugin that cannot be imported."""
+
+raise RuntimeError("broken-import refuses to load: missing dependency xyz")
