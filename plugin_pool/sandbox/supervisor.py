@@ -59,6 +59,10 @@ ZYGOTE_READY_TIMEOUT_S = 15.0
 SOCKET_POLL_S = 0.0005
 EXIT_WAIT_S = 1.0
 CHECK_INTERVAL_S = 1.0
+LOG_RECORDS_PER_S = 200
+"""Plugin log records the host accepts per worker per second; the rest are dropped and counted."""
+MAX_SERVICE_CALLS_IN_FLIGHT = 16
+"""Host service calls one worker may have waiting; more are refused at once."""
 
 _ZYGOTE_BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -115,6 +119,7 @@ class WorkerHandle:
     recycle_for: str | None = None
     """Set (to ``memory``) when the worker should be replaced the next time it is idle."""
     callbacks: queue.Queue[pb.HostMessage | None] = field(default_factory=queue.Queue)
+    service_calls: int = 0
 
     def describe_exit(self) -> str:
         """How the process ended, for error messages."""
@@ -235,6 +240,7 @@ class Supervisor:
         self.config = config
         self._on_worker_exit = on_worker_exit
         self._services = services or {}
+        self._allowed_services: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
         self._workers: dict[int, WorkerHandle] = {}
         self._pending: dict[int, tuple[Future[int], WorkerHandle]] = {}
@@ -742,10 +748,27 @@ class Supervisor:
                     return
                 yield message
 
+        # A plugin must not be able to flood the host: log records are rate-limited per worker and the
+        # service calls it may have in flight are bounded. What is dropped is counted and reported.
+        budget, window_start, dropped = LOG_RECORDS_PER_S, time.monotonic(), 0
         try:
             for message in stub.Callbacks(outgoing()):
                 kind = message.WhichOneof("kind")
                 if kind == "log":
+                    now = time.monotonic()
+                    if now - window_start >= 1.0:
+                        if dropped:
+                            _log.warning(
+                                "dropped %d log records of worker %s over the rate limit",
+                                dropped,
+                                handle.pid,
+                                extra={"event": "plugin_log_dropped", "pluginId": handle.plugin_id, "pid": handle.pid},
+                            )
+                        budget, window_start, dropped = LOG_RECORDS_PER_S, now, 0
+                    if budget <= 0:
+                        dropped += 1
+                        continue
+                    budget -= 1
                     record = message.log
                     level = logging.getLevelName(record.level)
                     _log.log(
@@ -761,6 +784,18 @@ class Supervisor:
                         },
                     )
                 elif kind == "service_request" and self._service_pool is not None:
+                    if handle.service_calls >= MAX_SERVICE_CALLS_IN_FLIGHT:
+                        reply = pb.ServiceReply(id=message.service_request.id)
+                        reply.error.CopyFrom(
+                            pb.RemoteError(
+                                kind="service_error",
+                                type="RuntimeError",
+                                message=f"more than {MAX_SERVICE_CALLS_IN_FLIGHT} host service calls in flight",
+                            )
+                        )
+                        handle.callbacks.put(pb.HostMessage(service_reply=reply))
+                        continue
+                    handle.service_calls += 1
                     self._service_pool.submit(self._answer_service, handle, message.service_request)
         except grpc.RpcError:
             pass
@@ -783,9 +818,9 @@ class Supervisor:
             reply.error.CopyFrom(
                 pb.RemoteError(kind="service_error", type=type(exc).__qualname__, message=str(exc)[:2000])
             )
+        finally:
+            handle.service_calls -= 1
         handle.callbacks.put(pb.HostMessage(service_reply=reply))
-
-    _allowed_services: dict[str, tuple[str, ...]] = {}
 
     def allow_services(self, plugin_id: str, services: tuple[str, ...]) -> None:
         """Record which host services ``plugin_id``'s workers may call."""
