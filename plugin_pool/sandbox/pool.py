@@ -256,7 +256,7 @@ class SandboxPool:
             if stub is None:
                 raise _WorkerLost
             reply = rpc(stub, max(deadline - time.monotonic(), 0.001))
-        except (grpc.RpcError, _WorkerLost) as exc:
+        except (grpc.RpcError, _WorkerLost, ValueError) as exc:  # ValueError: its channel was just closed
             error = self._call_failed(group, handle, capability, exc, timeout_s)
             with group.cond:
                 group.errors += 1
@@ -417,7 +417,8 @@ class SandboxPool:
             self._total -= 1
         if not active or handle.killed_for == "stop":
             return
-        if reason == "crash" and self._crash_loop(group):
+        # A zygote death kills every worker at once; it says nothing about the plugin, so it is no crash loop.
+        if reason == "crash" and handle.killed_for != "zygote" and self._crash_loop(group):
             return
         need = len(group.workers) + group.spawning < group.min_workers or group.waiting > 0
         if not need:
@@ -480,7 +481,9 @@ class SandboxPool:
                 group.workers.add(handle)
                 group.recycle_calls[handle] = self._recycle_limit()
                 group.idle.append(handle)
-                group.cond.notify()
+                # Wake every waiter: one takes this worker, the others ask _grow for the next one
+                # (with notify(), they slept until a busy worker came back and the pool never grew).
+                group.cond.notify_all()
                 return
         with self._lock:
             self._total -= 1

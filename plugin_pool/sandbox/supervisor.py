@@ -115,7 +115,8 @@ class WorkerHandle:
     exit_signal: int | None = None
     exit_tail: list[str] = field(default_factory=list)
     killed_for: str | None = None
-    """Why the host killed it (``timeout``, ``memory``, ``recycle``, ``stop``), or None for a crash."""
+    """Why the host killed it (``timeout``, ``memory``, ``recycle``, ``stop``), ``zygote`` when it died with the
+    zygote, or None for a crash."""
     recycle_for: str | None = None
     """Set (to ``memory``) when the worker should be replaced the next time it is idle."""
     callbacks: queue.Queue[pb.HostMessage | None] = field(default_factory=queue.Queue)
@@ -191,6 +192,13 @@ class _ZygoteProcess:
             _log.error("zygote protocol broken: %s", exc, extra={"event": "zygote_protocol_error"})
         finally:
             self.proc.wait()
+            # The pipes would otherwise be left to the garbage collector (a ResourceWarning each).
+            for pipe in (self.proc.stdout, self.proc.stdin):
+                try:
+                    if pipe is not None:
+                        pipe.close()
+                except OSError:
+                    pass
             self._on_exit()
 
     def send(self, frame: dict[str, Any]) -> None:
@@ -239,7 +247,8 @@ class Supervisor:
     ) -> None:
         self.config = config
         self._on_worker_exit = on_worker_exit
-        self._services = services or {}
+        # The host's own dict, even while empty: services it registers later must be seen here too.
+        self._services = services if services is not None else {}
         self._allowed_services: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
         self._workers: dict[int, WorkerHandle] = {}
@@ -384,6 +393,12 @@ class Supervisor:
                     self._wake.wait(wait)
 
     @property
+    def zygote_pid(self) -> int | None:
+        """The pid of the running zygote (the parent of every worker), or None while there is none."""
+        zygote = self._zygote
+        return zygote.pid if zygote is not None else None
+
+    @property
     def is_closed(self) -> bool:
         """Whether close() was called."""
         return self._closed
@@ -496,6 +511,8 @@ class Supervisor:
                     pass
             handle.exit_signal = handle.exit_signal or int(signal.SIGKILL)
             handle.exit_tail = handle.exit_tail or ["the zygote died"]
+            # Not the plugin's doing: the pool replaces these without counting them toward its crash limit.
+            handle.killed_for = handle.killed_for or "zygote"
             self._worker_gone(handle)
         if not closed:
             _log.error("the sandbox zygote died; restarting it", extra={"event": "zygote_died"})
@@ -549,6 +566,9 @@ class Supervisor:
                         plugin_id=plan.plugin_id, config_json=plan.config_json, services=list(plan.services)
                     ),
                     timeout=t,
+                    # The socket file appears at bind, a moment before the worker listens; without this a
+                    # connect in that moment is refused and the boot fails with UNAVAILABLE.
+                    wait_for_ready=True,
                 ),
             )
             self._boot_step(
@@ -657,14 +677,18 @@ class Supervisor:
         assert handle.stub is not None
         try:
             reply = call(handle.stub, timeout_s)
-        except grpc.RpcError as exc:
-            handle.exited.wait(EXIT_WAIT_S if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED else 0)
+        except (grpc.RpcError, ValueError) as exc:
+            # ValueError: the worker died and its channel was closed before the call could start.
+            code = exc.code() if isinstance(exc, grpc.RpcError) else None
+            handle.exited.wait(EXIT_WAIT_S if code != grpc.StatusCode.DEADLINE_EXCEEDED else 0)
             if handle.exited.is_set():
                 detail = handle.describe_exit()
-            elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 detail = f"{step} timed out after {timeout_s:g} s"
-            else:
+            elif isinstance(exc, grpc.RpcError):
                 detail = f"{exc.code().name}: {exc.details()}"
+            else:
+                detail = str(exc)
             raise BootError(
                 f"plugin {handle.plugin_id!r}: {step} failed: {detail}",
                 plugin_id=handle.plugin_id,
@@ -752,7 +776,9 @@ class Supervisor:
         # service calls it may have in flight are bounded. What is dropped is counted and reported.
         budget, window_start, dropped = LOG_RECORDS_PER_S, time.monotonic(), 0
         try:
-            for message in stub.Callbacks(outgoing()):
+            # wait_for_ready: the stream opens right after the socket file appears, maybe before the worker
+            # listens; a refused connect would otherwise end it at once (no logs, no services for this worker).
+            for message in stub.Callbacks(outgoing(), wait_for_ready=True):
                 kind = message.WhichOneof("kind")
                 if kind == "log":
                     now = time.monotonic()
@@ -797,7 +823,7 @@ class Supervisor:
                         continue
                     handle.service_calls += 1
                     self._service_pool.submit(self._answer_service, handle, message.service_request)
-        except grpc.RpcError:
+        except (grpc.RpcError, ValueError):  # ValueError: the worker died and its channel closed first
             pass
         except Exception:
             _log.exception("callbacks stream of worker %s failed", handle.pid, extra={"event": "callbacks_failed"})
