@@ -245,7 +245,11 @@ class WorkerCrashedError(SandboxError):
 
 
 class ResourceLimitError(WorkerCrashedError):
-    """The worker hit a resource limit; ``limit`` names it (``cpu``, ``memory``, ``file_size``, ...)."""
+    """The worker hit a resource limit; ``limit`` names it (``cpu``, ``memory``, ``file_size``, ...).
+
+    A CPU limit kills the worker (SIGXCPU); a memory limit fails the allocation, and the worker, which
+    is still alive, is recycled once idle. Either way the call failed and the worker is replaced.
+    """
 
     def __init__(
         self,
@@ -265,6 +269,15 @@ class ResourceLimitError(WorkerCrashedError):
             capability=capability,
             detail=f"its {limit} limit was exceeded",
         )
+        if exit_code is None and signal is None:
+            during = f" during {capability!r}" if capability else ""
+            self.args = (
+                f"plugin {plugin_id!r}: worker pid {pid} reached its {limit} limit{during}; the call failed "
+                f"and the worker is being replaced (raise sandbox.{limit}_mb if the plugin needs more)"
+                if limit == "memory"
+                else f"plugin {plugin_id!r}: worker pid {pid} reached its {limit} limit{during}; the call "
+                f"failed and the worker is being replaced",
+            )
         self.limit = limit
 
 

@@ -60,16 +60,30 @@ READY_WAIT_S = 30.0
 
 def _error(kind: str, exc: BaseException | None = None, message: str = "") -> pb.RemoteError:
     if exc is not None:
-        return pb.RemoteError(
-            kind=kind, type=type(exc).__qualname__[:TYPE_MAX_CHARS], message=str(exc)[:MESSAGE_MAX_CHARS]
-        )
+        # Plugin exceptions are hostile input too: a __str__ that raises must not break the reply.
+        try:
+            message = str(exc)
+        except BaseException:
+            message = "<the exception's message could not be rendered>"
+        try:
+            type_name = str(type(exc).__qualname__)
+        except BaseException:
+            type_name = "Exception"
+        return pb.RemoteError(kind=kind, type=type_name[:TYPE_MAX_CHARS], message=message[:MESSAGE_MAX_CHARS])
     return pb.RemoteError(kind=kind, message=message[:MESSAGE_MAX_CHARS])
+
+
+def _raised(exc: BaseException) -> pb.RemoteError:
+    """What the plugin raised, as data. A real MemoryError is reported as the resource limit it is."""
+    if type(exc) is MemoryError:
+        return pb.RemoteError(kind="resource_limit", type="memory", message="RLIMIT_DATA was reached")
+    return _error("plugin_raised", exc)
 
 
 class _OutboxLogHandler(logging.Handler):
     """Sends the plugin's log records to the host over the Callbacks stream; drops (and counts) on overflow."""
 
-    def __init__(self, outbox: queue.Queue[pb.WorkerMessage]) -> None:
+    def __init__(self, outbox: queue.Queue[pb.WorkerMessage | None]) -> None:
         super().__init__()
         self.outbox = outbox
         self.dropped = 0
@@ -111,7 +125,8 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         self.report: ConfinementReport | None = None
         self.calls = 0
         self.server: grpc.Server | None = None
-        self.outbox: queue.Queue[pb.WorkerMessage] = queue.Queue(maxsize=OUTBOX_MAX_MESSAGES)
+        self.outbox: queue.Queue[pb.WorkerMessage | None] = queue.Queue(maxsize=OUTBOX_MAX_MESSAGES)
+        self.closing = threading.Event()
         self.log_handler = _OutboxLogHandler(self.outbox)
         self.logger = logging.getLogger(f"plugin_pool.plugins.{plugin_id}")
         self.logger.addHandler(self.log_handler)
@@ -156,8 +171,8 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
             result = func(*args)
             if inspect.isawaitable(result):
                 self.run_coroutine(result)
-        except Exception as exc:
-            return pb.StepReply(error=_error("plugin_raised", exc))
+        except BaseException as exc:  # SystemExit too: it must not unwind a gRPC thread
+            return pb.StepReply(error=_raised(exc))
         return pb.StepReply()
 
     # -- work ----------------------------------------------------------------------------------------
@@ -196,14 +211,18 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
             result = method(payload)
             if inspect.isawaitable(result):
                 result = self.run_coroutine(result)
-        except Exception as exc:
-            return pb.InvokeReply(error=_error("plugin_raised", exc))
+        except BaseException as exc:  # SystemExit too: it must not unwind a gRPC thread
+            return pb.InvokeReply(error=_raised(exc))
         finally:
             self.calls += 1
         try:
             encoded = encode_value(result)
-        except TypeError as exc:
-            return pb.InvokeReply(error=_error("bad_reply", message=f"the result is not JSON-compatible: {exc}"))
+        except MemoryError as exc:
+            return pb.InvokeReply(error=_raised(exc))
+        except Exception as exc:  # orjson raises TypeError, but a hostile object may raise anything
+            return pb.InvokeReply(
+                error=_error("bad_reply", message=f"the result is not JSON-compatible: {exc!r}"[:500])
+            )
         if encoded.ByteSize() > self.max_message_bytes:
             return pb.InvokeReply(
                 error=_error(
@@ -225,6 +244,11 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
 
     def Shutdown(self, request: pb.ShutdownRequest, context: grpc.ServicerContext) -> pb.ShutdownReply:
         server = self.server
+        self.closing.set()
+        try:
+            self.outbox.put_nowait(None)  # ends the Callbacks stream now, so stop() need not wait its grace
+        except queue.Full:
+            pass
         if server is not None:
             threading.Thread(target=server.stop, args=(0.5,), daemon=True).start()
         return pb.ShutdownReply()
@@ -235,11 +259,14 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         self, request_iterator: Iterator[pb.HostMessage], context: grpc.ServicerContext
     ) -> Iterator[pb.WorkerMessage]:
         threading.Thread(target=self._read_host_messages, args=(request_iterator,), daemon=True).start()
-        while context.is_active():
+        while context.is_active() and not self.closing.is_set():
             try:
-                yield self.outbox.get(timeout=0.25)
+                message = self.outbox.get(timeout=0.25)
             except queue.Empty:
                 continue
+            if message is None:
+                return
+            yield message
 
     def _read_host_messages(self, request_iterator: Iterator[pb.HostMessage]) -> None:
         try:

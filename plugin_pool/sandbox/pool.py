@@ -190,11 +190,22 @@ class SandboxPool:
             group.active = False
             group.cond.notify_all()
             workers = list(group.workers)
-        error = None
-        for handle in workers:
-            problem = self.supervisor.stop_step(handle, timeout_s)
-            error = error or problem
+        errors: list[str | None] = [None] * len(workers)
+
+        def stop_one(index: int, handle: WorkerHandle) -> None:
+            errors[index] = self.supervisor.stop_step(handle, timeout_s)
             self.supervisor.retire_worker(handle, "stop", call_stop=False)
+
+        # In parallel: each worker's stop() has the full timeout, and n workers take one timeout, not n.
+        threads = [
+            threading.Thread(target=stop_one, args=(i, h), name="plugin-pool-stop", daemon=True)
+            for i, h in enumerate(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout_s + 5.0)
+        error = next((e for e in errors if e), None)
         with self._lock:
             self._total -= len(workers)  # workers still spawning give their slot back themselves
         return error
@@ -204,8 +215,10 @@ class SandboxPool:
     def invoke(self, plugin_id: str, capability: str, payload: Any, timeout_s: float) -> Any:
         """Run one call in a worker of ``plugin_id`` and return its result. Blocks up to ``timeout_s``."""
         request = pb.InvokeRequest(capability=capability, payload=self._encode(plugin_id, payload))
-        reply = self._call(plugin_id, capability, timeout_s, lambda stub, t: stub.Invoke(request, timeout=t))
-        return self._result(plugin_id, capability, reply, None)
+        reply, pid = self._call(
+            plugin_id, capability, timeout_s, lambda stub, t: stub.Invoke(request, timeout=t), lambda r: (r,)
+        )
+        return self._result(plugin_id, capability, reply, None, pid)
 
     def invoke_many(self, plugin_id: str, capability: str, payloads: Iterable[Any], timeout_s: float) -> list[Any]:
         """Run many inputs of one capability in one round trip; results in order.
@@ -220,13 +233,19 @@ class SandboxPool:
                 f"{self._max_message_bytes} (sandbox.max_message_mb); send smaller batches",
                 plugin_id=plugin_id,
             )
-        reply = self._call(plugin_id, capability, timeout_s, lambda stub, t: stub.InvokeBatch(request, timeout=t))
+        reply, pid = self._call(
+            plugin_id,
+            capability,
+            timeout_s,
+            lambda stub, t: stub.InvokeBatch(request, timeout=t),
+            lambda r: r.replies,
+        )
         if len(reply.replies) != len(values):
             raise MalformedReplyError(
                 f"plugin {plugin_id!r}: the worker answered {len(reply.replies)} of {len(values)} batch items",
                 plugin_id=plugin_id,
             )
-        return [self._result(plugin_id, capability, item, index) for index, item in enumerate(reply.replies)]
+        return [self._result(plugin_id, capability, item, index, pid) for index, item in enumerate(reply.replies)]
 
     def _encode(self, plugin_id: str, payload: Any) -> pb.Value:
         try:
@@ -245,7 +264,16 @@ class SandboxPool:
             )
         return value
 
-    def _call(self, plugin_id: str, capability: str, timeout_s: float, rpc: Callable[[Any, float], Any]) -> Any:
+    def _call(
+        self,
+        plugin_id: str,
+        capability: str,
+        timeout_s: float,
+        rpc: Callable[[Any, float], Any],
+        items: Callable[[Any], Iterable[pb.InvokeReply]],
+    ) -> tuple[Any, int | None]:
+        """Run ``rpc`` on an idle worker; return the reply and the worker's pid. ``items`` lists the
+        per-call replies inside it, so a worker that reports a memory limit is recycled once it is idle."""
         deadline = time.monotonic() + timeout_s
         group = self._plugins.get(plugin_id)
         if group is None:
@@ -262,8 +290,10 @@ class SandboxPool:
                 group.errors += 1
                 group.last_error = str(error)[:500]
             raise error from None
+        if any(item.WhichOneof("outcome") == "error" and item.error.kind == "resource_limit" for item in items(reply)):
+            handle.recycle_for = handle.recycle_for or "memory"
         self._release(group, handle)
-        return reply
+        return reply, handle.pid
 
     def _acquire(
         self, group: _PluginWorkers, plugin_id: str, capability: str, deadline: float, timeout_s: float
@@ -330,7 +360,9 @@ class SandboxPool:
             target=self.supervisor.retire_worker, args=(handle, reason), name="plugin-pool-retire", daemon=True
         ).start()
 
-    def _result(self, plugin_id: str, capability: str, reply: pb.InvokeReply, index: int | None) -> Any:
+    def _result(
+        self, plugin_id: str, capability: str, reply: pb.InvokeReply, index: int | None, pid: int | None
+    ) -> Any:
         outcome = reply.WhichOneof("outcome")
         if outcome == "result":
             try:
@@ -345,9 +377,12 @@ class SandboxPool:
             )
         err = reply.error
         kind = err.kind
+        if kind == "resource_limit":
+            # The worker caught a real MemoryError (RLIMIT_DATA); it is recycled once idle.
+            raise ResourceLimitError(
+                limit=err.type[:50] or "memory", plugin_id=plugin_id, pid=pid, capability=capability
+            )
         if kind == "plugin_raised":
-            if err.type == "MemoryError":
-                raise ResourceLimitError(limit="memory", plugin_id=plugin_id, pid=None, capability=capability)
             raise PluginCallError(plugin_id, capability, err.type[:200] or "Exception", err.message[:2000], index=index)
         if kind in ("bad_payload", "bad_reply", "reply_too_large"):
             what = {

@@ -727,7 +727,7 @@ class Supervisor:
                 if call_stop:
                     stub.Stop(pb.StepRequest(), timeout=1.0)
                 stub.Shutdown(pb.ShutdownRequest(), timeout=0.5)
-            except grpc.RpcError:
+            except (grpc.RpcError, ValueError):  # ValueError: the channel was closed (the worker died)
                 pass
             if handle.exited.wait(1.0):
                 return
@@ -740,6 +740,8 @@ class Supervisor:
             return None
         try:
             reply = stub.Stop(pb.StepRequest(), timeout=timeout_s)
+        except ValueError:  # the channel was closed: the worker died or was killed
+            return None
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return f"stop timed out after {timeout_s:g} s"

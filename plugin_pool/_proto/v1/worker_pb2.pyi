@@ -54,8 +54,10 @@ Global___Value: _TypeAlias = Value  # noqa: Y015
 @_typing.final
 class RemoteError(_message.Message):
     """An error as data. `kind` is one of an allow-list the host knows:
-      plugin_raised, bad_payload, bad_reply, reply_too_large, unknown_capability, not_ready, internal.
-    `type` is the exception's type name (plugin_raised), `message` its text; both are length-capped.
+      plugin_raised, resource_limit, bad_payload, bad_reply, reply_too_large, unknown_capability,
+      not_ready, service_error, internal.
+    `type` is the exception's type name (plugin_raised) or the limit (resource_limit: "memory"),
+    `message` its text; both are length-capped.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
