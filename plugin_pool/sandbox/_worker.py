@@ -354,7 +354,8 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
     try:
         report = confine_self(confinement, parent_pid=parent_pid)
     except ConfinementError as exc:
-        os.write(2 if output_fd < 0 else output_fd, f"confinement failed: {exc}\n".encode(errors="replace"))
+        # fd 2 is the output pipe by now (confine_self moved it there and closed the original number).
+        os.write(2, f"confinement failed: {exc}\n".encode(errors="replace"))
         return EXIT_CONFINEMENT_FAILED
     max_bytes = int(spec["max_message_bytes"])
     servicer = WorkerServicer(plugin_id, max_bytes)

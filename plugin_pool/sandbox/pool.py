@@ -10,6 +10,7 @@ worker that misses it is killed. Process supervision (forking, reaping, restarti
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import random
 import threading
@@ -147,6 +148,10 @@ class SandboxPool:
         """
         low = max(1, min_workers or self.config.min_workers)
         high = max(low, max_workers or self.config.max_workers)
+        # Workers load a private read-only copy: readable by their uid wherever the folder lives, and
+        # the code that runs cannot change under them after the copy was made.
+        source_dir = plan.plugin_dir
+        plan = dataclasses.replace(plan, plugin_dir=self.supervisor.stage_plugin(plan.plugin_id, source_dir))
         group = _PluginWorkers(plan=plan, min_workers=low, max_workers=high)
         self.supervisor.allow_services(plan.plugin_id, plan.services)
         with self._lock:
@@ -171,6 +176,7 @@ class SandboxPool:
                 self._total -= low
             for handle in booted:
                 self.supervisor.kill_worker(handle, "stop")
+            self.supervisor.unstage_plugin(plan.plugin_dir)
             raise
         with group.cond:
             group.spawning = 0
@@ -206,6 +212,7 @@ class SandboxPool:
         for thread in threads:
             thread.join(timeout_s + 5.0)
         error = next((e for e in errors if e), None)
+        self.supervisor.unstage_plugin(group.plan.plugin_dir)
         with self._lock:
             self._total -= len(workers)  # workers still spawning give their slot back themselves
         return error

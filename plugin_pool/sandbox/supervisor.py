@@ -593,6 +593,31 @@ class Supervisor:
         handle.rss_baseline = _rss_of(handle.pid)
         return handle
 
+    def stage_plugin(self, plugin_id: str, source: Path) -> Path:
+        """Copy a plugin folder to a private place its workers load from; return the copy. Blocks briefly.
+
+        Directories become 0755 and files 0644, owned by the host: the worker uid can read them but not
+        change them, wherever the original lives (a 0700 home, a temp dir). Symlinks are copied as links,
+        so one that points outside still leads nowhere a worker may read (Landlock).
+        """
+        assert self.base_dir is not None
+        staged = self.base_dir / "plugins"
+        staged.mkdir(mode=0o711, exist_ok=True)
+        target = staged / f"{plugin_id}-{next(self._ids)}"
+        shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for dirpath, _, filenames in os.walk(target):
+            os.chmod(dirpath, 0o755)
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if not os.path.islink(path):
+                    os.chmod(path, 0o644)
+        return target
+
+    def unstage_plugin(self, staged: Path) -> None:
+        """Remove a copy made by stage_plugin (a no-op for any other path). Idempotent."""
+        if self.base_dir is not None and staged.parent == self.base_dir / "plugins":
+            shutil.rmtree(staged, ignore_errors=True)
+
     def _make_worker_dirs(self, directory: Path) -> None:
         directory.mkdir(mode=0o711)
         for sub in ("sock", "tmp"):

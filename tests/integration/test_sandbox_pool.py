@@ -173,9 +173,10 @@ def test_crash_loop_fails_the_plugin_with_growing_backoff(open_host: HostFactory
         seen.add(wait_for_new_workers(host, "looper", 1, seen, timeout_s=5))
         delays.append(time.monotonic() - died)
     print(f"\nreplacement delays {[round(d, 3) for d in delays]} s")
+    # Lower bounds only (a loaded machine adds boot time, never removes backoff): the first replacement
+    # waited at least the initial backoff, the second at least twice that.
     assert delays[0] >= 0.2 - 0.01
     assert delays[1] >= 0.4 - 0.01
-    assert delays[1] > delays[0] + 0.1
     with pytest.raises(WorkerCrashedError):
         host.invoke("looper", "act", {"op": "kill"})
 
