@@ -32,6 +32,7 @@ from plugin_pool._proto.v1 import worker_pb2 as pb
 from plugin_pool._proto.v1 import worker_pb2_grpc as pb_grpc
 from plugin_pool.context import PluginContext
 from plugin_pool.model import Capabilities, TrustLevel
+from plugin_pool.sandbox import _codec as codec
 from plugin_pool.sandbox._codec import decode_value, encode_value
 from plugin_pool.sandbox._confine import (
     ConfinementError,
@@ -58,26 +59,29 @@ SERVICE_CALL_TIMEOUT_S = 10.0
 READY_WAIT_S = 30.0
 
 
-def _error(kind: str, exc: BaseException | None = None, message: str = "") -> pb.RemoteError:
-    if exc is not None:
-        # Plugin exceptions are hostile input too: a __str__ that raises must not break the reply.
-        try:
-            message = str(exc)
-        except BaseException:
-            message = "<the exception's message could not be rendered>"
-        try:
-            type_name = str(type(exc).__qualname__)
-        except BaseException:
-            type_name = "Exception"
-        return pb.RemoteError(kind=kind, type=type_name[:TYPE_MAX_CHARS], message=message[:MESSAGE_MAX_CHARS])
-    return pb.RemoteError(kind=kind, message=message[:MESSAGE_MAX_CHARS])
+def _error(exc: BaseException) -> tuple[str, str]:
+    """(type name, message) of an exception; plugin exceptions are hostile input too, so a ``__str__``
+    or a type name that raises must not break the reply."""
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<the exception's message could not be rendered>"
+    try:
+        type_name = str(type(exc).__qualname__)
+    except BaseException:
+        type_name = "Exception"
+    return type_name[:TYPE_MAX_CHARS], message[:MESSAGE_MAX_CHARS]
 
 
-def _raised(exc: BaseException) -> pb.RemoteError:
-    """What the plugin raised, as data. A real MemoryError is reported as the resource limit it is."""
+def _raised(exc: BaseException) -> tuple[str, str, str]:
+    """What the plugin raised, as (kind, type, message). A real MemoryError is the resource limit it is."""
     if type(exc) is MemoryError:
-        return pb.RemoteError(kind="resource_limit", type="memory", message="RLIMIT_DATA was reached")
-    return _error("plugin_raised", exc)
+        return "resource_limit", "memory", "RLIMIT_DATA was reached"
+    return ("plugin_raised", *_error(exc))
+
+
+def _step_error(kind: str, type_name: str = "", message: str = "") -> pb.RemoteError:
+    return pb.RemoteError(kind=kind, type=type_name, message=message[:MESSAGE_MAX_CHARS])
 
 
 class _OutboxLogHandler(logging.Handler):
@@ -122,6 +126,7 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         self.ready = threading.Event()
         self.plugin: Any = None
         self.methods: dict[str, Callable[[Any], Any]] = {}
+        self.async_methods: set[Callable[[Any], Any]] = set()
         self.report: ConfinementReport | None = None
         self.calls = 0
         self.server: grpc.Server | None = None
@@ -142,11 +147,11 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
 
     def Initialize(self, request: pb.InitializeRequest, context: grpc.ServicerContext) -> pb.StepReply:
         if not self.ready.wait(min(READY_WAIT_S, context.time_remaining() or READY_WAIT_S)):
-            return pb.StepReply(error=_error("not_ready", message="the plugin is still loading"))
+            return pb.StepReply(error=_step_error("not_ready", message="the plugin is still loading"))
         try:
             config = orjson.loads(request.config_json) if request.config_json else {}
         except orjson.JSONDecodeError as exc:
-            return pb.StepReply(error=_error("bad_payload", exc))
+            return pb.StepReply(error=_step_error("bad_payload", *_error(exc)))
         allowed = tuple(request.services)
         plugin_context = PluginContext(
             self.plugin_id,
@@ -166,71 +171,94 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
 
     def _step(self, func: Callable[..., Any], *args: Any) -> pb.StepReply:
         if not self.ready.is_set():
-            return pb.StepReply(error=_error("not_ready", message="the plugin is not loaded"))
+            return pb.StepReply(error=_step_error("not_ready", message="the plugin is not loaded"))
         try:
             result = func(*args)
             if inspect.isawaitable(result):
                 self.run_coroutine(result)
         except BaseException as exc:  # SystemExit too: it must not unwind a gRPC thread
-            return pb.StepReply(error=_raised(exc))
+            return pb.StepReply(error=_step_error(*_raised(exc)))
         return pb.StepReply()
 
     # -- work ----------------------------------------------------------------------------------------
+    # Calls arrive as hand-framed Frames (see _codec): raw bytes in, raw bytes out, no message objects.
 
-    def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
-        method = self.methods.get(request.capability)
-        if method is None:
-            return pb.InvokeReply(
-                error=_error("unknown_capability", message=f"capability {request.capability[:100]!r} is not served")
-            )
-        return self._invoke(method, request.payload)
-
-    def InvokeBatch(self, request: pb.InvokeBatchRequest, context: grpc.ServicerContext) -> pb.InvokeBatchReply:
-        method = self.methods.get(request.capability)
-        if method is None:
-            error = _error("unknown_capability", message=f"capability {request.capability[:100]!r} is not served")
-            return pb.InvokeBatchReply(replies=[pb.InvokeReply(error=error)] * len(request.payloads))
-        replies = []
-        size = 0
-        for value in request.payloads:
-            reply = self._invoke(method, value)
-            size += reply.ByteSize()
-            if size > self.max_message_bytes:
-                reply = pb.InvokeReply(
-                    error=_error("reply_too_large", message=f"the batch reply exceeds {self.max_message_bytes} bytes")
-                )
-            replies.append(reply)
-        return pb.InvokeBatchReply(replies=replies)
-
-    def _invoke(self, method: Callable[[Any], Any], value: pb.Value) -> pb.InvokeReply:
+    def call(self, data: memoryview, context: grpc.ServicerContext) -> bytes:
+        """One call: decode, run the capability, encode the result or the error as data."""
         try:
-            payload = decode_value(value)
-        except orjson.JSONDecodeError as exc:
-            return pb.InvokeReply(error=_error("bad_payload", exc))
+            capability, payload = codec.decode_call(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return codec.encode_error("bad_payload", type(exc).__name__, str(exc)[:MESSAGE_MAX_CHARS])
+        method = self.methods.get(capability)
+        if method is None:
+            return codec.encode_error("unknown_capability", "", f"capability {capability[:100]!r} is not served")
+        ok, value = self._run(method, payload)
+        if ok:
+            try:
+                reply = codec.encode_result(value)
+            except MemoryError as exc:
+                return codec.encode_error(*_raised(exc))
+            except Exception as exc:  # orjson raises TypeError, but a hostile object may raise anything
+                return codec.encode_error("bad_reply", "", f"the result is not JSON-compatible: {exc!r}"[:500])
+        else:
+            reply = codec.encode_error(*value)
+        if len(reply) > self.max_message_bytes:
+            return codec.encode_error(
+                "reply_too_large", "", f"the result is {len(reply)} bytes; the limit is {self.max_message_bytes}"
+            )
+        return reply
+
+    def call_batch(self, data: memoryview, context: grpc.ServicerContext) -> bytes:
+        """Many inputs of one capability: results (or errors) in order, in one reply."""
+        try:
+            capability, payloads = codec.decode_batch(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return codec.encode_error("bad_payload", type(exc).__name__, str(exc)[:MESSAGE_MAX_CHARS])
+        method = self.methods.get(capability)
+        if method is None:
+            return codec.encode_error("unknown_capability", "", f"capability {capability[:100]!r} is not served")
+        if method in self.async_methods:
+            outcomes = [self._run(method, payload) for payload in payloads]
+        else:  # the common case, as tight as it gets: no await check, one counter update
+            outcomes = []
+            append = outcomes.append
+            for payload in payloads:
+                try:
+                    append((True, method(payload)))
+                except BaseException as exc:  # SystemExit too: it must not unwind a gRPC thread
+                    append((False, _raised(exc)))
+            self.calls += len(payloads)
+        try:
+            reply = codec.encode_batch_results(outcomes)
+        except Exception:  # one result JSON cannot hold: report that item, keep the others
+            reply = codec.encode_batch_results([self._checked(outcome) for outcome in outcomes])
+        if len(reply) > self.max_message_bytes:
+            return codec.encode_error(
+                "reply_too_large", "", f"the batch reply is {len(reply)} bytes; the limit is {self.max_message_bytes}"
+            )
+        return reply
+
+    def _run(self, method: Callable[[Any], Any], payload: Any) -> codec.Outcome:
         try:
             result = method(payload)
             if inspect.isawaitable(result):
                 result = self.run_coroutine(result)
         except BaseException as exc:  # SystemExit too: it must not unwind a gRPC thread
-            return pb.InvokeReply(error=_raised(exc))
+            return False, _raised(exc)
         finally:
             self.calls += 1
+        return True, result
+
+    @staticmethod
+    def _checked(outcome: codec.Outcome) -> codec.Outcome:
+        ok, value = outcome
+        if not ok:
+            return outcome
         try:
-            encoded = encode_value(result)
-        except MemoryError as exc:
-            return pb.InvokeReply(error=_raised(exc))
-        except Exception as exc:  # orjson raises TypeError, but a hostile object may raise anything
-            return pb.InvokeReply(
-                error=_error("bad_reply", message=f"the result is not JSON-compatible: {exc!r}"[:500])
-            )
-        if encoded.ByteSize() > self.max_message_bytes:
-            return pb.InvokeReply(
-                error=_error(
-                    "reply_too_large",
-                    message=f"the result is {encoded.ByteSize()} bytes; the limit is {self.max_message_bytes}",
-                )
-            )
-        return pb.InvokeReply(result=encoded)
+            codec.encode_result(value)
+        except Exception as exc:
+            return False, ("bad_reply", "", f"the result is not JSON-compatible: {exc!r}"[:500])
+        return outcome
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthReply:
         report = orjson.dumps(self.report.to_dict()) if self.report is not None else b""
@@ -341,7 +369,20 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
             if not callable(method):
                 raise ValueError(f"capability {name!r} maps to missing method {capabilities[name].method!r}")
             self.methods[name] = method
+            if inspect.iscoroutinefunction(method):
+                self.async_methods.add(method)
         self.plugin = plugin
+
+
+def frames_handler(servicer: WorkerServicer) -> grpc.GenericRpcHandler:
+    """The PluginWorkerFrames service, with the one-field Frame (de)serialized by hand (see _codec)."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            func, request_deserializer=codec.unframe, response_serializer=codec.frame
+        )
+        for name, func in (("Call", servicer.call), ("CallBatch", servicer.call_batch))
+    }
+    return grpc.method_handlers_generic_handler("plugin_pool.v1.PluginWorkerFrames", handlers)
 
 
 def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
@@ -369,6 +410,7 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
     )
     servicer.server = server
     pb_grpc.add_PluginWorkerServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((frames_handler(servicer),))
     if server.add_insecure_port("unix:" + str(spec["socket_path"])) == 0:
         sys.stderr.write(f"cannot bind unix:{spec['socket_path']}\n")
         return EXIT_BOOT_FAILED

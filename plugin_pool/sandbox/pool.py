@@ -16,13 +16,12 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import orjson
 
-from plugin_pool._proto.v1 import worker_pb2 as pb
 from plugin_pool.config import SandboxConfig
 from plugin_pool.errors import (
     CallTimeoutError,
@@ -37,7 +36,7 @@ from plugin_pool.errors import (
     WorkerCrashedError,
 )
 from plugin_pool.lifecycle import PluginState
-from plugin_pool.sandbox._codec import decode_value, encode_value
+from plugin_pool.sandbox import _codec as codec
 from plugin_pool.sandbox.supervisor import BootError, Supervisor, WorkerHandle, WorkerPlan
 
 __all__ = ["RESTART_REASONS", "PoolStats", "SandboxPool"]
@@ -47,6 +46,8 @@ _log = logging.getLogger("plugin_pool.sandbox")
 RESTART_REASONS = ("crash", "timeout", "memory", "cpu", "recycle")
 """Why a worker was replaced; each replacement counts once under one of these."""
 
+CHUNK_MIN_ITEMS = 256
+CHUNK_MAX_ITEMS = 4096
 _SIGXCPU = 24
 _SIGKILL = 9
 
@@ -84,7 +85,8 @@ class _PluginWorkers:
     last_error: str | None = None
     restarts: collections.Counter[str] = field(default_factory=collections.Counter)
     crashes: collections.deque[float] = field(default_factory=collections.deque)
-    recycle_calls: dict[WorkerHandle, int] = field(default_factory=dict)
+    recycle_limits: dict[WorkerHandle, tuple[int, float]] = field(default_factory=dict)
+    """Per worker: the calls and the age (s) after which it is recycled, each drawn once with jitter."""
 
 
 class SandboxPool:
@@ -112,6 +114,7 @@ class SandboxPool:
         self._total = 0
         self._random = random.Random()
         self._max_message_bytes = int(config.max_message_mb * 1024 * 1024)
+        self._executor: ThreadPoolExecutor | None = None
 
     def open(self) -> SandboxPool:
         """Probe confinement and start the zygote. Raises ConfinementUnavailableError below the minimum."""
@@ -127,6 +130,10 @@ class SandboxPool:
             with group.cond:
                 group.active = False
                 group.cond.notify_all()
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
         self.supervisor.close()
 
     def get_confinement(self) -> dict[str, Any]:
@@ -183,7 +190,7 @@ class SandboxPool:
             group.workers.update(booted)
             group.idle.extend(booted)
             for handle in booted:
-                group.recycle_calls[handle] = self._recycle_limit()
+                group.recycle_limits[handle] = self._recycle_limits()
             group.cond.notify_all()
 
     def stop_plugin(self, plugin_id: str, *, timeout_s: float) -> str | None:
@@ -221,86 +228,145 @@ class SandboxPool:
 
     def invoke(self, plugin_id: str, capability: str, payload: Any, timeout_s: float) -> Any:
         """Run one call in a worker of ``plugin_id`` and return its result. Blocks up to ``timeout_s``."""
-        request = pb.InvokeRequest(capability=capability, payload=self._encode(plugin_id, payload))
-        reply, pid = self._call(
-            plugin_id, capability, timeout_s, lambda stub, t: stub.Invoke(request, timeout=t), lambda r: (r,)
+        try:
+            data = codec.encode_call(capability, payload)
+        except TypeError as exc:
+            raise self._unencodable(plugin_id, exc) from None
+        self._check_size(plugin_id, len(data), "payload")
+        outcomes, pid = self._call(
+            plugin_id, capability, timeout_s, lambda handle, t: handle.call(data, timeout=t), _single
         )
-        return self._result(plugin_id, capability, reply, None, pid)
+        return self._result(plugin_id, capability, outcomes[0], None, pid)
 
-    def invoke_many(self, plugin_id: str, capability: str, payloads: Iterable[Any], timeout_s: float) -> list[Any]:
-        """Run many inputs of one capability in one round trip; results in order.
+    def invoke_many(
+        self,
+        plugin_id: str,
+        capability: str,
+        payloads: Iterable[Any],
+        timeout_s: float,
+        *,
+        chunk_size: int | None = None,
+    ) -> list[Any]:
+        """Run many inputs of one capability and return the results in order.
 
-        The first failing item raises its error with ``index`` set (PluginCallError).
+        The inputs go in chunks, one round trip each, spread over the plugin's workers (growing to
+        ``max_workers``) so chunks run in parallel. By default a batch is cut into two chunks per worker
+        (so a worker has its next chunk while the host decodes the last), of 256 to 4096 items.
+        The failing item with the lowest index raises its error, with ``index`` set for a PluginCallError.
         """
-        values = [self._encode(plugin_id, p) for p in payloads]
-        request = pb.InvokeBatchRequest(capability=capability, payloads=values)
-        if request.ByteSize() > self._max_message_bytes:
-            raise PayloadError(
-                f"plugin {plugin_id!r}: the batch is {request.ByteSize()} bytes; the limit is "
-                f"{self._max_message_bytes} (sandbox.max_message_mb); send smaller batches",
-                plugin_id=plugin_id,
-            )
-        reply, pid = self._call(
+        items = list(payloads)
+        if not items:
+            return []
+        group = self._plugins.get(plugin_id)
+        workers = group.max_workers if group is not None else 1
+        size = chunk_size or min(CHUNK_MAX_ITEMS, max(CHUNK_MIN_ITEMS, -(-len(items) // (2 * workers))))
+        size = max(1, size)
+        chunks = [items[start : start + size] for start in range(0, len(items), size)]
+        if len(chunks) == 1:
+            return self._run_chunk(plugin_id, capability, chunks[0], 0, timeout_s)
+        executor = self._ensure_executor()
+        futures = [
+            executor.submit(self._run_chunk, plugin_id, capability, chunk, n * size, timeout_s)
+            for n, chunk in enumerate(chunks)
+        ]
+        results: list[Any] = []
+        first_error: BaseException | None = None
+        for future in futures:  # in order, so the error raised is the one with the lowest index
+            try:
+                part = future.result()
+            except BaseException as exc:
+                first_error = first_error or exc
+                continue
+            results.extend(part)
+        if first_error is not None:
+            raise first_error
+        return results
+
+    def _run_chunk(self, plugin_id: str, capability: str, chunk: list[Any], offset: int, timeout_s: float) -> list[Any]:
+        try:
+            data = codec.encode_batch(capability, chunk)
+        except TypeError as exc:
+            raise self._unencodable(plugin_id, exc) from None
+        self._check_size(plugin_id, len(data), "batch")
+        outcomes, pid = self._call(
             plugin_id,
             capability,
             timeout_s,
-            lambda stub, t: stub.InvokeBatch(request, timeout=t),
-            lambda r: r.replies,
+            lambda handle, t: handle.call_batch(data, timeout=t),
+            codec.decode_batch_results,
         )
-        if len(reply.replies) != len(values):
+        if len(outcomes) != len(chunk):
+            if len(outcomes) == 1 and not outcomes[0][0]:  # the whole batch failed (e.g. reply too large)
+                self._result(plugin_id, capability, outcomes[0], offset, pid)
             raise MalformedReplyError(
-                f"plugin {plugin_id!r}: the worker answered {len(reply.replies)} of {len(values)} batch items",
+                f"plugin {plugin_id!r}: the worker answered {len(outcomes)} of {len(chunk)} batch items",
                 plugin_id=plugin_id,
             )
-        return [self._result(plugin_id, capability, item, index, pid) for index, item in enumerate(reply.replies)]
+        return [self._result(plugin_id, capability, o, offset + n, pid) for n, o in enumerate(outcomes)]
 
-    def _encode(self, plugin_id: str, payload: Any) -> pb.Value:
-        try:
-            value = encode_value(payload)
-        except TypeError as exc:
+    def _ensure_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.config.max_total_workers, thread_name_prefix="plugin-pool-batch"
+                )
+            return self._executor
+
+    def _unencodable(self, plugin_id: str, exc: Exception) -> PayloadError:
+        return PayloadError(
+            f"plugin {plugin_id!r}: the payload cannot cross the sandbox boundary ({exc}); send "
+            f"JSON-compatible values or bytes",
+            plugin_id=plugin_id,
+        )
+
+    def _check_size(self, plugin_id: str, size: int, what: str) -> None:
+        if size > self._max_message_bytes:
             raise PayloadError(
-                f"plugin {plugin_id!r}: the payload cannot cross the sandbox boundary ({exc}); send "
-                f"JSON-compatible values or bytes",
-                plugin_id=plugin_id,
-            ) from None
-        if value.ByteSize() > self._max_message_bytes:
-            raise PayloadError(
-                f"plugin {plugin_id!r}: the payload is {value.ByteSize()} bytes; the limit is "
-                f"{self._max_message_bytes} (sandbox.max_message_mb)",
+                f"plugin {plugin_id!r}: the {what} is {size} bytes; the limit is {self._max_message_bytes} "
+                f"(sandbox.max_message_mb){'; send smaller batches' if what == 'batch' else ''}",
                 plugin_id=plugin_id,
             )
-        return value
 
     def _call(
         self,
         plugin_id: str,
         capability: str,
         timeout_s: float,
-        rpc: Callable[[Any, float], Any],
-        items: Callable[[Any], Iterable[pb.InvokeReply]],
-    ) -> tuple[Any, int | None]:
-        """Run ``rpc`` on an idle worker; return the reply and the worker's pid. ``items`` lists the
-        per-call replies inside it, so a worker that reports a memory limit is recycled once it is idle."""
+        rpc: Callable[[WorkerHandle, float], memoryview],
+        decode: Callable[[memoryview], list[codec.Outcome]],
+    ) -> tuple[list[codec.Outcome], int | None]:
+        """Run ``rpc`` on an idle worker and decode the reply; return the outcomes and the worker's pid.
+
+        A worker that reports a memory limit is recycled once idle.
+        """
         deadline = time.monotonic() + timeout_s
         group = self._plugins.get(plugin_id)
         if group is None:
             raise PluginNotActiveError(plugin_id, PluginState.STOPPED, "it has no sandbox workers")
         handle = self._acquire(group, plugin_id, capability, deadline, timeout_s)
-        stub = handle.stub
         try:
-            if stub is None:
+            if handle.call is None:
                 raise _WorkerLost
-            reply = rpc(stub, max(deadline - time.monotonic(), 0.001))
+            reply = rpc(handle, max(deadline - time.monotonic(), 0.001))
         except (grpc.RpcError, _WorkerLost, ValueError) as exc:  # ValueError: its channel was just closed
             error = self._call_failed(group, handle, capability, exc, timeout_s)
             with group.cond:
                 group.errors += 1
                 group.last_error = str(error)[:500]
             raise error from None
-        if any(item.WhichOneof("outcome") == "error" and item.error.kind == "resource_limit" for item in items(reply)):
+        try:
+            outcomes = decode(reply)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._release(group, handle)
+            raise MalformedReplyError(
+                f"plugin {plugin_id!r}: worker pid {handle.pid} sent a malformed reply: {exc}",
+                plugin_id=plugin_id,
+                pid=handle.pid,
+            ) from None
+        if any(not ok and value[0] == "resource_limit" for ok, value in outcomes):
             handle.recycle_for = handle.recycle_for or "memory"
         self._release(group, handle)
-        return reply, handle.pid
+        return outcomes, handle.pid
 
     def _acquire(
         self, group: _PluginWorkers, plugin_id: str, capability: str, deadline: float, timeout_s: float
@@ -347,10 +413,9 @@ class SandboxPool:
     def _release(self, group: _PluginWorkers, handle: WorkerHandle) -> None:
         with group.cond:
             handle.calls += 1
-            limit = group.recycle_calls.get(handle, self.config.recycle_after_calls)
-            age_limit = self.config.recycle_after_s * (1 + self.config.recycle_jitter * self._random.random())
-            too_old = time.monotonic() - handle.booted_at > age_limit
-            due = handle.recycle_for or ("recycle" if handle.calls >= limit or too_old else None)
+            calls_limit, age_limit_s = group.recycle_limits.get(handle, (self.config.recycle_after_calls, 0.0))
+            too_old = age_limit_s and time.monotonic() - handle.booted_at > age_limit_s
+            due = handle.recycle_for or ("recycle" if handle.calls >= calls_limit or too_old else None)
             if due is not None and group.recycling < self.config.max_concurrent_recycles and group.active:
                 self._recycle(group, handle, due)
             elif not handle.exited.is_set() and not handle.retiring:
@@ -368,40 +433,30 @@ class SandboxPool:
         ).start()
 
     def _result(
-        self, plugin_id: str, capability: str, reply: pb.InvokeReply, index: int | None, pid: int | None
+        self, plugin_id: str, capability: str, outcome: codec.Outcome, index: int | None, pid: int | None
     ) -> Any:
-        outcome = reply.WhichOneof("outcome")
-        if outcome == "result":
-            try:
-                return decode_value(reply.result)
-            except orjson.JSONDecodeError as exc:
-                raise MalformedReplyError(
-                    f"plugin {plugin_id!r}: the worker sent malformed JSON: {exc}", plugin_id=plugin_id
-                ) from None
-        if outcome != "error":
-            raise MalformedReplyError(
-                f"plugin {plugin_id!r}: the worker sent a reply with no outcome", plugin_id=plugin_id
-            )
-        err = reply.error
-        kind = err.kind
+        ok, value = outcome
+        if ok:
+            return value
+        kind, type_name, message = value
         if kind == "resource_limit":
             # The worker caught a real MemoryError (RLIMIT_DATA); it is recycled once idle.
             raise ResourceLimitError(
-                limit=err.type[:50] or "memory", plugin_id=plugin_id, pid=pid, capability=capability
+                limit=type_name[:50] or "memory", plugin_id=plugin_id, pid=pid, capability=capability
             )
         if kind == "plugin_raised":
-            raise PluginCallError(plugin_id, capability, err.type[:200] or "Exception", err.message[:2000], index=index)
+            raise PluginCallError(plugin_id, capability, type_name[:200] or "Exception", message[:2000], index=index)
         if kind in ("bad_payload", "bad_reply", "reply_too_large"):
             what = {
                 "bad_payload": "the worker could not decode the payload",
                 "bad_reply": "the plugin's result cannot cross the sandbox boundary",
                 "reply_too_large": "the plugin's result is too large",
             }[kind]
-            raise PayloadError(f"plugin {plugin_id!r}: {what}: {err.message[:500]}", plugin_id=plugin_id)
+            raise PayloadError(f"plugin {plugin_id!r}: {what}: {message[:500]}", plugin_id=plugin_id)
         if kind == "unknown_capability":
             raise CapabilityDeniedError(plugin_id, capability, ())
         raise MalformedReplyError(
-            f"plugin {plugin_id!r}: the worker reported {kind[:50]!r}: {err.message[:500]}", plugin_id=plugin_id
+            f"plugin {plugin_id!r}: the worker reported {kind[:50]!r}: {message[:500]}", plugin_id=plugin_id, pid=pid
         )
 
     def _call_failed(
@@ -447,7 +502,7 @@ class SandboxPool:
             if handle not in group.workers:
                 return
             group.workers.discard(handle)
-            group.recycle_calls.pop(handle, None)
+            group.recycle_limits.pop(handle, None)
             if handle in group.idle:
                 group.idle.remove(handle)
             reason = _restart_reason(handle)
@@ -521,7 +576,7 @@ class SandboxPool:
             group.spawning = max(0, group.spawning - 1)
             if handle is not None and group.active:
                 group.workers.add(handle)
-                group.recycle_calls[handle] = self._recycle_limit()
+                group.recycle_limits[handle] = self._recycle_limits()
                 group.idle.append(handle)
                 # Wake every waiter: one takes this worker, the others ask _grow for the next one
                 # (with notify(), they slept until a busy worker came back and the pool never grew).
@@ -553,9 +608,10 @@ class SandboxPool:
         )
         self._on_plugin_failed(plugin_id, reason)
 
-    def _recycle_limit(self) -> int:
-        spread = 1 + self.config.recycle_jitter * self._random.random()
-        return max(1, int(self.config.recycle_after_calls * spread))
+    def _recycle_limits(self) -> tuple[int, float]:
+        jitter = self.config.recycle_jitter
+        calls = max(1, int(self.config.recycle_after_calls * (1 + jitter * self._random.random())))
+        return calls, self.config.recycle_after_s * (1 + jitter * self._random.random())
 
     # -- health -------------------------------------------------------------------------------------
 
@@ -584,6 +640,10 @@ class SandboxPool:
             return []
         with group.cond:
             return sorted(h.pid for h in group.workers if h.pid is not None and not h.exited.is_set())
+
+
+def _single(reply: memoryview) -> list[codec.Outcome]:
+    return [codec.decode_reply(reply)]
 
 
 class _WorkerLost(Exception):

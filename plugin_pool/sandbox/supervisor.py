@@ -38,6 +38,7 @@ from plugin_pool._proto.v1 import worker_pb2 as pb
 from plugin_pool._proto.v1 import worker_pb2_grpc as pb_grpc
 from plugin_pool.config import SandboxConfig
 from plugin_pool.errors import ConfinementUnavailableError, SandboxError
+from plugin_pool.sandbox import _codec as codec
 from plugin_pool.sandbox._codec import decode_value, encode_value
 from plugin_pool.sandbox._confine import (
     ALL_LAYERS,
@@ -106,6 +107,9 @@ class WorkerHandle:
     pid: int | None = None
     channel: grpc.Channel | None = None
     stub: pb_grpc.PluginWorkerStub | None = None
+    call: Any = None
+    """The Call method (bytes in, a view of the reply data out); None until connected."""
+    call_batch: Any = None
     booted_at: float = 0.0
     calls: int = 0
     rss_baseline: int = 0
@@ -688,6 +692,17 @@ class Supervisor:
             ],
         )
         handle.stub = pb_grpc.PluginWorkerStub(handle.channel)
+        # Calls: the PluginWorkerFrames methods with their one-field Frame written by hand (see _codec).
+        handle.call = handle.channel.unary_unary(
+            "/plugin_pool.v1.PluginWorkerFrames/Call",
+            request_serializer=codec.frame,
+            response_deserializer=codec.unframe,
+        )
+        handle.call_batch = handle.channel.unary_unary(
+            "/plugin_pool.v1.PluginWorkerFrames/CallBatch",
+            request_serializer=codec.frame,
+            response_deserializer=codec.unframe,
+        )
         threading.Thread(
             target=self._serve_callbacks, args=(handle,), name=f"plugin-pool-cb-{handle.pid}", daemon=True
         ).start()

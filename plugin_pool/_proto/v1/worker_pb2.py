@@ -25,49 +25,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bplugin_pool/v1/worker.proto\x12\x0eplugin_pool.v1\".\n\x05Value\x12\x0e\n\x04json\x18\x01 \x01(\x0cH\x00\x12\r\n\x03raw\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\":\n\x0bRemoteError\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"M\n\x11InitializeRequest\x12\x11\n\tplugin_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\x0c\x12\x10\n\x08services\x18\x03 \x03(\t\"\r\n\x0bStepRequest\"7\n\tStepReply\x12*\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x1b.plugin_pool.v1.RemoteError\"K\n\rInvokeRequest\x12\x12\n\ncapability\x18\x01 \x01(\t\x12&\n\x07payload\x18\x02 \x01(\x0b\x32\x15.plugin_pool.v1.Value\"o\n\x0bInvokeReply\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x15.plugin_pool.v1.ValueH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.plugin_pool.v1.RemoteErrorH\x00\x42\t\n\x07outcome\"Q\n\x12InvokeBatchRequest\x12\x12\n\ncapability\x18\x01 \x01(\t\x12\'\n\x08payloads\x18\x02 \x03(\x0b\x32\x15.plugin_pool.v1.Value\"@\n\x10InvokeBatchReply\x12,\n\x07replies\x18\x01 \x03(\x0b\x32\x1b.plugin_pool.v1.InvokeReply\"\x0f\n\rHealthRequest\"o\n\x0bHealthReply\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x04\x12\x12\n\nmax_rss_kb\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x18\n\x10\x63onfinement_json\x18\x05 \x01(\x0c\"\x11\n\x0fShutdownRequest\"\x0f\n\rShutdownReply\";\n\tLogRecord\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0e\n\x06logger\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"b\n\x0eServiceRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12#\n\x04\x61rgs\x18\x04 \x01(\x0b\x32\x15.plugin_pool.v1.Value\"|\n\x0cServiceReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x15.plugin_pool.v1.ValueH\x00\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.plugin_pool.v1.RemoteErrorH\x00\x42\t\n\x07outcome\"|\n\rWorkerMessage\x12(\n\x03log\x18\x01 \x01(\x0b\x32\x19.plugin_pool.v1.LogRecordH\x00\x12\x39\n\x0fservice_request\x18\x02 \x01(\x0b\x32\x1e.plugin_pool.v1.ServiceRequestH\x00\x42\x06\n\x04kind\"L\n\x0bHostMessage\x12\x35\n\rservice_reply\x18\x01 \x01(\x0b\x32\x1c.plugin_pool.v1.ServiceReplyH\x00\x42\x06\n\x04kind2\xd5\x04\n\x0cPluginWorker\x12J\n\nInitialize\x12!.plugin_pool.v1.InitializeRequest\x1a\x19.plugin_pool.v1.StepReply\x12?\n\x05Start\x12\x1b.plugin_pool.v1.StepRequest\x1a\x19.plugin_pool.v1.StepReply\x12>\n\x04Stop\x12\x1b.plugin_pool.v1.StepRequest\x1a\x19.plugin_pool.v1.StepReply\x12\x44\n\x06Invoke\x12\x1d.plugin_pool.v1.InvokeRequest\x1a\x1b.plugin_pool.v1.InvokeReply\x12S\n\x0bInvokeBatch\x12\".plugin_pool.v1.InvokeBatchRequest\x1a .plugin_pool.v1.InvokeBatchReply\x12\x44\n\x06Health\x12\x1d.plugin_pool.v1.HealthRequest\x1a\x1b.plugin_pool.v1.HealthReply\x12J\n\x08Shutdown\x12\x1f.plugin_pool.v1.ShutdownRequest\x1a\x1d.plugin_pool.v1.ShutdownReply\x12K\n\tCallbacks\x12\x1b.plugin_pool.v1.HostMessage\x1a\x1d.plugin_pool.v1.WorkerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bplugin_pool/v1/worker.proto\x12\x0eplugin_pool.v1\"\x15\n\x05\x46rame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\".\n\x05Value\x12\x0e\n\x04json\x18\x01 \x01(\x0cH\x00\x12\r\n\x03raw\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\":\n\x0bRemoteError\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"M\n\x11InitializeRequest\x12\x11\n\tplugin_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\x0c\x12\x10\n\x08services\x18\x03 \x03(\t\"\r\n\x0bStepRequest\"7\n\tStepReply\x12*\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x1b.plugin_pool.v1.RemoteError\"\x0f\n\rHealthRequest\"o\n\x0bHealthReply\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x04\x12\x12\n\nmax_rss_kb\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x18\n\x10\x63onfinement_json\x18\x05 \x01(\x0c\"\x11\n\x0fShutdownRequest\"\x0f\n\rShutdownReply\";\n\tLogRecord\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0e\n\x06logger\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"b\n\x0eServiceRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12#\n\x04\x61rgs\x18\x04 \x01(\x0b\x32\x15.plugin_pool.v1.Value\"|\n\x0cServiceReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x15.plugin_pool.v1.ValueH\x00\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.plugin_pool.v1.RemoteErrorH\x00\x42\t\n\x07outcome\"|\n\rWorkerMessage\x12(\n\x03log\x18\x01 \x01(\x0b\x32\x19.plugin_pool.v1.LogRecordH\x00\x12\x39\n\x0fservice_request\x18\x02 \x01(\x0b\x32\x1e.plugin_pool.v1.ServiceRequestH\x00\x42\x06\n\x04kind\"L\n\x0bHostMessage\x12\x35\n\rservice_reply\x18\x01 \x01(\x0b\x32\x1c.plugin_pool.v1.ServiceReplyH\x00\x42\x06\n\x04kind2\xba\x03\n\x0cPluginWorker\x12J\n\nInitialize\x12!.plugin_pool.v1.InitializeRequest\x1a\x19.plugin_pool.v1.StepReply\x12?\n\x05Start\x12\x1b.plugin_pool.v1.StepRequest\x1a\x19.plugin_pool.v1.StepReply\x12>\n\x04Stop\x12\x1b.plugin_pool.v1.StepRequest\x1a\x19.plugin_pool.v1.StepReply\x12\x44\n\x06Health\x12\x1d.plugin_pool.v1.HealthRequest\x1a\x1b.plugin_pool.v1.HealthReply\x12J\n\x08Shutdown\x12\x1f.plugin_pool.v1.ShutdownRequest\x1a\x1d.plugin_pool.v1.ShutdownReply\x12K\n\tCallbacks\x12\x1b.plugin_pool.v1.HostMessage\x1a\x1d.plugin_pool.v1.WorkerMessage(\x01\x30\x01\x32\x85\x01\n\x12PluginWorkerFrames\x12\x34\n\x04\x43\x61ll\x12\x15.plugin_pool.v1.Frame\x1a\x15.plugin_pool.v1.Frame\x12\x39\n\tCallBatch\x12\x15.plugin_pool.v1.Frame\x1a\x15.plugin_pool.v1.Frameb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'plugin_pool.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VALUE']._serialized_start=47
-  _globals['_VALUE']._serialized_end=93
-  _globals['_REMOTEERROR']._serialized_start=95
-  _globals['_REMOTEERROR']._serialized_end=153
-  _globals['_INITIALIZEREQUEST']._serialized_start=155
-  _globals['_INITIALIZEREQUEST']._serialized_end=232
-  _globals['_STEPREQUEST']._serialized_start=234
-  _globals['_STEPREQUEST']._serialized_end=247
-  _globals['_STEPREPLY']._serialized_start=249
-  _globals['_STEPREPLY']._serialized_end=304
-  _globals['_INVOKEREQUEST']._serialized_start=306
-  _globals['_INVOKEREQUEST']._serialized_end=381
-  _globals['_INVOKEREPLY']._serialized_start=383
-  _globals['_INVOKEREPLY']._serialized_end=494
-  _globals['_INVOKEBATCHREQUEST']._serialized_start=496
-  _globals['_INVOKEBATCHREQUEST']._serialized_end=577
-  _globals['_INVOKEBATCHREPLY']._serialized_start=579
-  _globals['_INVOKEBATCHREPLY']._serialized_end=643
-  _globals['_HEALTHREQUEST']._serialized_start=645
-  _globals['_HEALTHREQUEST']._serialized_end=660
-  _globals['_HEALTHREPLY']._serialized_start=662
-  _globals['_HEALTHREPLY']._serialized_end=773
-  _globals['_SHUTDOWNREQUEST']._serialized_start=775
-  _globals['_SHUTDOWNREQUEST']._serialized_end=792
-  _globals['_SHUTDOWNREPLY']._serialized_start=794
-  _globals['_SHUTDOWNREPLY']._serialized_end=809
-  _globals['_LOGRECORD']._serialized_start=811
-  _globals['_LOGRECORD']._serialized_end=870
-  _globals['_SERVICEREQUEST']._serialized_start=872
-  _globals['_SERVICEREQUEST']._serialized_end=970
-  _globals['_SERVICEREPLY']._serialized_start=972
-  _globals['_SERVICEREPLY']._serialized_end=1096
-  _globals['_WORKERMESSAGE']._serialized_start=1098
-  _globals['_WORKERMESSAGE']._serialized_end=1222
-  _globals['_HOSTMESSAGE']._serialized_start=1224
-  _globals['_HOSTMESSAGE']._serialized_end=1300
-  _globals['_PLUGINWORKER']._serialized_start=1303
-  _globals['_PLUGINWORKER']._serialized_end=1900
+  _globals['_FRAME']._serialized_start=47
+  _globals['_FRAME']._serialized_end=68
+  _globals['_VALUE']._serialized_start=70
+  _globals['_VALUE']._serialized_end=116
+  _globals['_REMOTEERROR']._serialized_start=118
+  _globals['_REMOTEERROR']._serialized_end=176
+  _globals['_INITIALIZEREQUEST']._serialized_start=178
+  _globals['_INITIALIZEREQUEST']._serialized_end=255
+  _globals['_STEPREQUEST']._serialized_start=257
+  _globals['_STEPREQUEST']._serialized_end=270
+  _globals['_STEPREPLY']._serialized_start=272
+  _globals['_STEPREPLY']._serialized_end=327
+  _globals['_HEALTHREQUEST']._serialized_start=329
+  _globals['_HEALTHREQUEST']._serialized_end=344
+  _globals['_HEALTHREPLY']._serialized_start=346
+  _globals['_HEALTHREPLY']._serialized_end=457
+  _globals['_SHUTDOWNREQUEST']._serialized_start=459
+  _globals['_SHUTDOWNREQUEST']._serialized_end=476
+  _globals['_SHUTDOWNREPLY']._serialized_start=478
+  _globals['_SHUTDOWNREPLY']._serialized_end=493
+  _globals['_LOGRECORD']._serialized_start=495
+  _globals['_LOGRECORD']._serialized_end=554
+  _globals['_SERVICEREQUEST']._serialized_start=556
+  _globals['_SERVICEREQUEST']._serialized_end=654
+  _globals['_SERVICEREPLY']._serialized_start=656
+  _globals['_SERVICEREPLY']._serialized_end=780
+  _globals['_WORKERMESSAGE']._serialized_start=782
+  _globals['_WORKERMESSAGE']._serialized_end=906
+  _globals['_HOSTMESSAGE']._serialized_start=908
+  _globals['_HOSTMESSAGE']._serialized_end=984
+  _globals['_PLUGINWORKER']._serialized_start=987
+  _globals['_PLUGINWORKER']._serialized_end=1429
+  _globals['_PLUGINWORKERFRAMES']._serialized_start=1432
+  _globals['_PLUGINWORKERFRAMES']._serialized_end=1565
 # @@protoc_insertion_point(module_scope)

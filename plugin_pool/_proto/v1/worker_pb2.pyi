@@ -26,8 +26,27 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class Frame(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Frame: _TypeAlias = Frame  # noqa: Y015
+
+@_typing.final
 class Value(_message.Message):
-    """A JSON-compatible value (orjson bytes) or raw bytes passed through untouched."""
+    """A JSON-compatible value (orjson bytes) or raw bytes passed through untouched (host service calls)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -145,98 +164,6 @@ class StepReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StepReply: _TypeAlias = StepReply  # noqa: Y015
-
-@_typing.final
-class InvokeRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CAPABILITY_FIELD_NUMBER: _builtins.int
-    PAYLOAD_FIELD_NUMBER: _builtins.int
-    capability: _builtins.str
-    @_builtins.property
-    def payload(self) -> Global___Value: ...
-    def __init__(
-        self,
-        *,
-        capability: _builtins.str = ...,
-        payload: Global___Value | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability", b"capability", "payload", b"payload"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___InvokeRequest: _TypeAlias = InvokeRequest  # noqa: Y015
-
-@_typing.final
-class InvokeReply(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RESULT_FIELD_NUMBER: _builtins.int
-    ERROR_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def result(self) -> Global___Value: ...
-    @_builtins.property
-    def error(self) -> Global___RemoteError: ...
-    def __init__(
-        self,
-        *,
-        result: Global___Value | None = ...,
-        error: Global___RemoteError | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "error"]  # noqa: Y015
-    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
-
-Global___InvokeReply: _TypeAlias = InvokeReply  # noqa: Y015
-
-@_typing.final
-class InvokeBatchRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CAPABILITY_FIELD_NUMBER: _builtins.int
-    PAYLOADS_FIELD_NUMBER: _builtins.int
-    capability: _builtins.str
-    @_builtins.property
-    def payloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Value]: ...
-    def __init__(
-        self,
-        *,
-        capability: _builtins.str = ...,
-        payloads: _abc.Iterable[Global___Value] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability", b"capability", "payloads", b"payloads"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___InvokeBatchRequest: _TypeAlias = InvokeBatchRequest  # noqa: Y015
-
-@_typing.final
-class InvokeBatchReply(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REPLIES_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvokeReply]: ...
-    def __init__(
-        self,
-        *,
-        replies: _abc.Iterable[Global___InvokeReply] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___InvokeBatchReply: _TypeAlias = InvokeBatchReply  # noqa: Y015
 
 @_typing.final
 class HealthRequest(_message.Message):

@@ -50,16 +50,6 @@ class PluginWorkerStub:
                 request_serializer=plugin__pool_dot_v1_dot_worker__pb2.StepRequest.SerializeToString,
                 response_deserializer=plugin__pool_dot_v1_dot_worker__pb2.StepReply.FromString,
                 _registered_method=True)
-        self.Invoke = channel.unary_unary(
-                '/plugin_pool.v1.PluginWorker/Invoke',
-                request_serializer=plugin__pool_dot_v1_dot_worker__pb2.InvokeRequest.SerializeToString,
-                response_deserializer=plugin__pool_dot_v1_dot_worker__pb2.InvokeReply.FromString,
-                _registered_method=True)
-        self.InvokeBatch = channel.unary_unary(
-                '/plugin_pool.v1.PluginWorker/InvokeBatch',
-                request_serializer=plugin__pool_dot_v1_dot_worker__pb2.InvokeBatchRequest.SerializeToString,
-                response_deserializer=plugin__pool_dot_v1_dot_worker__pb2.InvokeBatchReply.FromString,
-                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/plugin_pool.v1.PluginWorker/Health',
                 request_serializer=plugin__pool_dot_v1_dot_worker__pb2.HealthRequest.SerializeToString,
@@ -94,19 +84,6 @@ class PluginWorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Stop(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Invoke(self, request, context):
-        """Work: one call, or many inputs for one capability in one round trip.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def InvokeBatch(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,16 +125,6 @@ def add_PluginWorkerServicer_to_server(servicer, server):
                     servicer.Stop,
                     request_deserializer=plugin__pool_dot_v1_dot_worker__pb2.StepRequest.FromString,
                     response_serializer=plugin__pool_dot_v1_dot_worker__pb2.StepReply.SerializeToString,
-            ),
-            'Invoke': grpc.unary_unary_rpc_method_handler(
-                    servicer.Invoke,
-                    request_deserializer=plugin__pool_dot_v1_dot_worker__pb2.InvokeRequest.FromString,
-                    response_serializer=plugin__pool_dot_v1_dot_worker__pb2.InvokeReply.SerializeToString,
-            ),
-            'InvokeBatch': grpc.unary_unary_rpc_method_handler(
-                    servicer.InvokeBatch,
-                    request_deserializer=plugin__pool_dot_v1_dot_worker__pb2.InvokeBatchRequest.FromString,
-                    response_serializer=plugin__pool_dot_v1_dot_worker__pb2.InvokeBatchReply.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -267,60 +234,6 @@ class PluginWorker:
             _registered_method=True)
 
     @staticmethod
-    def Invoke(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/plugin_pool.v1.PluginWorker/Invoke',
-            plugin__pool_dot_v1_dot_worker__pb2.InvokeRequest.SerializeToString,
-            plugin__pool_dot_v1_dot_worker__pb2.InvokeReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def InvokeBatch(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/plugin_pool.v1.PluginWorker/InvokeBatch',
-            plugin__pool_dot_v1_dot_worker__pb2.InvokeBatchRequest.SerializeToString,
-            plugin__pool_dot_v1_dot_worker__pb2.InvokeBatchReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def Health(request,
             target,
             options=(),
@@ -391,6 +304,136 @@ class PluginWorker:
             '/plugin_pool.v1.PluginWorker/Callbacks',
             plugin__pool_dot_v1_dot_worker__pb2.HostMessage.SerializeToString,
             plugin__pool_dot_v1_dot_worker__pb2.WorkerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class PluginWorkerFramesStub:
+    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
+    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
+    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
+    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
+    message objects.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Call = channel.unary_unary(
+                '/plugin_pool.v1.PluginWorkerFrames/Call',
+                request_serializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
+                response_deserializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
+                _registered_method=True)
+        self.CallBatch = channel.unary_unary(
+                '/plugin_pool.v1.PluginWorkerFrames/CallBatch',
+                request_serializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
+                response_deserializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
+                _registered_method=True)
+
+
+class PluginWorkerFramesServicer:
+    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
+    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
+    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
+    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
+    message objects.
+    """
+
+    def Call(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CallBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PluginWorkerFramesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Call': grpc.unary_unary_rpc_method_handler(
+                    servicer.Call,
+                    request_deserializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
+                    response_serializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
+            ),
+            'CallBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CallBatch,
+                    request_deserializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
+                    response_serializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'plugin_pool.v1.PluginWorkerFrames', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('plugin_pool.v1.PluginWorkerFrames', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PluginWorkerFrames:
+    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
+    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
+    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
+    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
+    message objects.
+    """
+
+    @staticmethod
+    def Call(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plugin_pool.v1.PluginWorkerFrames/Call',
+            plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
+            plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plugin_pool.v1.PluginWorkerFrames/CallBatch',
+            plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
+            plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,9 +42,6 @@ class PluginWorkerStub:
     """Lifecycle: the host drives each worker's plugin instance through initialize, start and stop."""
     Start: _grpc.UnaryUnaryMultiCallable[_worker_pb2.StepRequest, _worker_pb2.StepReply]
     Stop: _grpc.UnaryUnaryMultiCallable[_worker_pb2.StepRequest, _worker_pb2.StepReply]
-    Invoke: _grpc.UnaryUnaryMultiCallable[_worker_pb2.InvokeRequest, _worker_pb2.InvokeReply]
-    """Work: one call, or many inputs for one capability in one round trip."""
-    InvokeBatch: _grpc.UnaryUnaryMultiCallable[_worker_pb2.InvokeBatchRequest, _worker_pb2.InvokeBatchReply]
     Health: _grpc.UnaryUnaryMultiCallable[_worker_pb2.HealthRequest, _worker_pb2.HealthReply]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_worker_pb2.ShutdownRequest, _worker_pb2.ShutdownReply]
     Callbacks: _grpc.StreamStreamMultiCallable[_worker_pb2.HostMessage, _worker_pb2.WorkerMessage]
@@ -57,9 +54,6 @@ class PluginWorkerAsyncStub(PluginWorkerStub):
     """Lifecycle: the host drives each worker's plugin instance through initialize, start and stop."""
     Start: _aio.UnaryUnaryMultiCallable[_worker_pb2.StepRequest, _worker_pb2.StepReply]  # type: ignore[assignment]
     Stop: _aio.UnaryUnaryMultiCallable[_worker_pb2.StepRequest, _worker_pb2.StepReply]  # type: ignore[assignment]
-    Invoke: _aio.UnaryUnaryMultiCallable[_worker_pb2.InvokeRequest, _worker_pb2.InvokeReply]  # type: ignore[assignment]
-    """Work: one call, or many inputs for one capability in one round trip."""
-    InvokeBatch: _aio.UnaryUnaryMultiCallable[_worker_pb2.InvokeBatchRequest, _worker_pb2.InvokeBatchReply]  # type: ignore[assignment]
     Health: _aio.UnaryUnaryMultiCallable[_worker_pb2.HealthRequest, _worker_pb2.HealthReply]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_worker_pb2.ShutdownRequest, _worker_pb2.ShutdownReply]  # type: ignore[assignment]
     Callbacks: _aio.StreamStreamMultiCallable[_worker_pb2.HostMessage, _worker_pb2.WorkerMessage]  # type: ignore[assignment]
@@ -89,21 +83,6 @@ class PluginWorkerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_worker_pb2.StepReply, _abc.Awaitable[_worker_pb2.StepReply]]: ...
 
     @_abc_1.abstractmethod
-    def Invoke(
-        self,
-        request: _worker_pb2.InvokeRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_worker_pb2.InvokeReply, _abc.Awaitable[_worker_pb2.InvokeReply]]:
-        """Work: one call, or many inputs for one capability in one round trip."""
-
-    @_abc_1.abstractmethod
-    def InvokeBatch(
-        self,
-        request: _worker_pb2.InvokeBatchRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_worker_pb2.InvokeBatchReply, _abc.Awaitable[_worker_pb2.InvokeBatchReply]]: ...
-
-    @_abc_1.abstractmethod
     def Health(
         self,
         request: _worker_pb2.HealthRequest,
@@ -126,3 +105,55 @@ class PluginWorkerServicer(metaclass=_abc_1.ABCMeta):
         """Plugin-to-host: log records and calls to the host services the plugin is allowed."""
 
 def add_PluginWorkerServicer_to_server(servicer: PluginWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class PluginWorkerFramesStub:
+    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
+    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
+    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
+    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
+    message objects.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> PluginWorkerFramesAsyncStub: ...
+    Call: _grpc.UnaryUnaryMultiCallable[_worker_pb2.Frame, _worker_pb2.Frame]
+    CallBatch: _grpc.UnaryUnaryMultiCallable[_worker_pb2.Frame, _worker_pb2.Frame]
+
+@_typing.type_check_only
+class PluginWorkerFramesAsyncStub(PluginWorkerFramesStub):
+    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
+    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
+    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
+    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
+    message objects.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Call: _aio.UnaryUnaryMultiCallable[_worker_pb2.Frame, _worker_pb2.Frame]  # type: ignore[assignment]
+    CallBatch: _aio.UnaryUnaryMultiCallable[_worker_pb2.Frame, _worker_pb2.Frame]  # type: ignore[assignment]
+
+class PluginWorkerFramesServicer(metaclass=_abc_1.ABCMeta):
+    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
+    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
+    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
+    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
+    message objects.
+    """
+
+    @_abc_1.abstractmethod
+    def Call(
+        self,
+        request: _worker_pb2.Frame,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.Frame, _abc.Awaitable[_worker_pb2.Frame]]: ...
+
+    @_abc_1.abstractmethod
+    def CallBatch(
+        self,
+        request: _worker_pb2.Frame,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.Frame, _abc.Awaitable[_worker_pb2.Frame]]: ...
+
+def add_PluginWorkerFramesServicer_to_server(servicer: PluginWorkerFramesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -38,25 +38,24 @@ class BadResult(PluginBase):
 
     @capability
     def forge_reply(self, payload: Any) -> Any:
-        worker = sys.modules["plugin_pool.sandbox._worker"]
-        pb = worker.pb
+        codec = sys.modules["plugin_pool.sandbox._codec"]
         if payload == "unknown_kind":
-            real_error = worker._error
+            real_error = codec.encode_error
 
-            def forged_error(kind: str, exc: BaseException | None = None, message: str = "") -> Any:
-                worker._error = real_error
-                return pb.RemoteError(kind="pwned", type="Forged", message="a forged error kind")
+            def forged_error(*args: Any) -> bytes:
+                codec.encode_error = real_error  # one forged reply only
+                return b'E{"kind": "pwned", "type": "Forged", "message": "a forged error kind"}'
 
-            worker._error = forged_error
+            codec.encode_error = forged_error
             raise RuntimeError("replaced by a forged error")
-        body = {"invalid_json": b"{not json", "deep_json": b"[" * 100_000 + b"]" * 100_000}[payload]
-        real_encode = worker.encode_value
+        body = {"invalid_json": b"J{not json", "deep_json": b"J" + b"[" * 100_000 + b"]" * 100_000}[payload]
+        real_encode = codec.encode_result
 
-        def forged_encode(obj: Any) -> Any:
-            worker.encode_value = real_encode  # one forged reply only
-            return pb.Value(json=body)
+        def forged_encode(obj: Any) -> bytes:
+            codec.encode_result = real_encode  # one forged reply only
+            return body
 
-        worker.encode_value = forged_encode
+        codec.encode_result = forged_encode
         return None
 
     @capability

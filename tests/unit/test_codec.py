@@ -1,0 +1,93 @@
+"""The sandbox wire codec: round trips in every mode, the hand-made Frame equals protobuf's, bad input fails."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from plugin_pool._proto.v1 import worker_pb2 as pb
+from plugin_pool.sandbox import _codec as codec
+
+
+@pytest.mark.parametrize("data", [b"", b"x", b"y" * 127, b"z" * 128, b"w" * 70_000])
+def test_the_hand_made_frame_is_protobufs_wire_format(data: bytes) -> None:
+    assert codec.frame(data) == pb.Frame(data=data).SerializeToString()
+    assert bytes(codec.unframe(pb.Frame(data=data).SerializeToString())) == data
+
+
+@pytest.mark.parametrize("raw", [b"\x12\x01x", b"\x0a\x05abc", b"\x0a\x80", b"\x0a\x01ab"])
+def test_a_malformed_frame_is_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        codec.unframe(raw)
+
+
+@pytest.mark.parametrize("payload", [None, 0, "text", {"a": [1, 2.5, None]}, b"\x00raw\xff", b""])
+def test_a_call_round_trips(payload: Any) -> None:
+    capability, decoded = codec.decode_call(memoryview(codec.encode_call("scan", payload)))
+    assert (capability, decoded) == ("scan", payload)
+    assert type(decoded) is type(payload)
+
+
+def test_results_and_errors_round_trip() -> None:
+    assert codec.decode_reply(memoryview(codec.encode_result({"k": [1]}))) == (True, {"k": [1]})
+    assert codec.decode_reply(memoryview(codec.encode_result(b"\x01"))) == (True, b"\x01")
+    error = codec.encode_error("plugin_raised", "ValueError", "boom")
+    assert codec.decode_reply(memoryview(error)) == (False, ("plugin_raised", "ValueError", "boom"))
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [
+        ["a", {"b": 1}, None],  # one JSON array
+        [b"x" * 10, b"", b"\x00" * 3],  # a blob table
+        ["a", b"b", 3],  # framed items
+        [],
+    ],
+)
+def test_a_batch_round_trips_in_every_mode(payloads: list[Any]) -> None:
+    capability, decoded = codec.decode_batch(memoryview(codec.encode_batch("echo", payloads)))
+    assert (capability, decoded) == ("echo", payloads)
+
+
+@pytest.mark.parametrize(
+    "outcomes",
+    [
+        [(True, 1), (False, ("plugin_raised", "KeyError", "'x'")), (True, "s")],  # JSON array
+        [(True, b"a"), (True, b"")],  # blob table
+        [(True, b"a"), (False, ("resource_limit", "memory", "RLIMIT_DATA")), (True, {"x": 1})],  # framed
+    ],
+)
+def test_batch_outcomes_round_trip_in_every_mode(outcomes: list[codec.Outcome]) -> None:
+    assert codec.decode_batch_results(memoryview(codec.encode_batch_results(outcomes))) == outcomes
+
+
+def test_a_whole_batch_error_decodes_to_one_error() -> None:
+    reply = codec.encode_error("reply_too_large", "", "too big")
+    assert codec.decode_batch_results(memoryview(reply)) == [(False, ("reply_too_large", "", "too big"))]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"Q",
+        b"J{nope",
+        b'E{"kind": "pwned"}',
+        b"E[]",
+        b"A[[2, 1]]",
+        b"A{}",
+        b"B\x00\x00\x00\x05",
+        b"F" + b"J\x00\x00\x00\x09{}",
+    ],
+)
+def test_a_forged_reply_is_refused_with_value_error(reply: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode = codec.decode_reply if reply[:1] in (b"Q", b"J", b"E") else codec.decode_batch_results
+        decode(memoryview(reply))
+
+
+def test_a_payload_json_cannot_hold_is_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        codec.encode_call("scan", {1, 2})
+    with pytest.raises(TypeError):
+        codec.encode_batch("scan", [object()])
