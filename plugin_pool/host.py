@@ -351,21 +351,7 @@ class PluginHost:
             config=MappingProxyType(dict(config if config is not None else (configured.config if configured else {}))),
             services=tuple(services) if services else (configured.services if configured else ()),
         )
-        with self._lock:
-            self._check_usable()
-            if info.id in self._slots:
-                raise DuplicatePluginError(
-                    f"plugin {info.id!r} is already added to this host; plugin ids must be unique",
-                    plugin_id=info.id,
-                )
-            slot = _Slot(info=info, plugin=None, settings=settings, manifest=manifest)
-            record = self.registry.register(info, manifest.capabilities, actor=self._actor, config=settings.config)
-            slot.registered = True
-            if record.status is not PluginState.DISCOVERED:
-                slot.state = record.status
-            self._slots[info.id] = slot
-        _log.info("plugin added", extra=self._log_fields(slot, "plugin_added"))
-        return info
+        return self._insert(_Slot(info=info, plugin=None, settings=settings, manifest=manifest), manifest.capabilities)
 
     def _read_info(self, plugin: Any) -> PluginInfo:
         try:
@@ -387,6 +373,17 @@ class PluginHost:
                 f"added as an object; load it from its folder so it runs in the sandbox",
                 plugin_id=info.id,
             )
+        # Capabilities are read again (and validated) at loading; registration records what is declared now.
+        try:
+            declared = plugin.capabilities
+            declared = declared if isinstance(declared, Capabilities) else Capabilities()
+        except Exception:
+            declared = Capabilities()
+        return self._insert(_Slot(info=info, plugin=plugin, settings=settings), declared)
+
+    def _insert(self, slot: _Slot, declared: Capabilities) -> PluginInfo:
+        """Register a new slot (Discovered) and keep it; raises DuplicatePluginError for a known id."""
+        info = slot.info
         with self._lock:
             self._check_usable()
             if info.id in self._slots:
@@ -394,20 +391,13 @@ class PluginHost:
                     f"plugin {info.id!r} is already added to this host; plugin ids must be unique",
                     plugin_id=info.id,
                 )
-            slot = _Slot(info=info, plugin=plugin, settings=settings)
-            self._register(slot, plugin)
+            self._register(slot, declared)
             self._slots[info.id] = slot
         _log.info("plugin added", extra=self._log_fields(slot, "plugin_added"))
         return info
 
-    def _register(self, slot: _Slot, plugin: Plugin) -> None:
-        # Capabilities are read again (and validated) at loading; registration records what is declared now.
-        try:
-            caps = plugin.capabilities
-            caps = caps if isinstance(caps, Capabilities) else Capabilities()
-        except Exception:
-            caps = Capabilities()
-        record = self.registry.register(slot.info, caps, actor=self._actor, config=slot.settings.config)
+    def _register(self, slot: _Slot, declared: Capabilities) -> None:
+        record = self.registry.register(slot.info, declared, actor=self._actor, config=slot.settings.config)
         slot.registered = True
         if record.status in (PluginState.STOPPED, PluginState.FAILED):
             # Known from an earlier run: its lifecycle goes on from there (Stopped/Failed -> Loading).

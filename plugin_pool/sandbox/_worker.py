@@ -185,13 +185,10 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
 
     def call(self, data: memoryview, context: grpc.ServicerContext) -> bytes:
         """One call: decode, run the capability, encode the result or the error as data."""
-        try:
-            capability, payload = codec.decode_call(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return codec.encode_error("bad_payload", type(exc).__name__, str(exc)[:MESSAGE_MAX_CHARS])
-        method = self.methods.get(capability)
-        if method is None:
-            return codec.encode_error("unknown_capability", "", f"capability {capability[:100]!r} is not served")
+        request = self._resolve(data, codec.decode_call)
+        if isinstance(request, bytes):
+            return request
+        method, payload = request
         ok, value = self._run(method, payload)
         if ok:
             try:
@@ -202,21 +199,14 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
                 return codec.encode_error("bad_reply", "", f"the result is not JSON-compatible: {exc!r}"[:500])
         else:
             reply = codec.encode_error(*value)
-        if len(reply) > self.max_message_bytes:
-            return codec.encode_error(
-                "reply_too_large", "", f"the result is {len(reply)} bytes; the limit is {self.max_message_bytes}"
-            )
-        return reply
+        return self._bounded(reply, "result")
 
     def call_batch(self, data: memoryview, context: grpc.ServicerContext) -> bytes:
         """Many inputs of one capability: results (or errors) in order, in one reply."""
-        try:
-            capability, payloads = codec.decode_batch(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return codec.encode_error("bad_payload", type(exc).__name__, str(exc)[:MESSAGE_MAX_CHARS])
-        method = self.methods.get(capability)
-        if method is None:
-            return codec.encode_error("unknown_capability", "", f"capability {capability[:100]!r} is not served")
+        request = self._resolve(data, codec.decode_batch)
+        if isinstance(request, bytes):
+            return request
+        method, payloads = request
         if method in self.async_methods:
             outcomes = [self._run(method, payload) for payload in payloads]
         else:  # the common case, as tight as it gets: no await check, one counter update
@@ -232,9 +222,23 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
             reply = codec.encode_batch_results(outcomes)
         except Exception:  # one result JSON cannot hold: report that item, keep the others
             reply = codec.encode_batch_results([self._checked(outcome) for outcome in outcomes])
+        return self._bounded(reply, "batch reply")
+
+    def _resolve(self, data: memoryview, decode: Callable[[memoryview], tuple[str, Any]]) -> tuple[Any, Any] | bytes:
+        """(method, decoded payload), or the error reply to send when the request cannot be served."""
+        try:
+            capability, payload = decode(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return codec.encode_error("bad_payload", type(exc).__name__, str(exc)[:MESSAGE_MAX_CHARS])
+        method = self.methods.get(capability)
+        if method is None:
+            return codec.encode_error("unknown_capability", "", f"capability {capability[:100]!r} is not served")
+        return method, payload
+
+    def _bounded(self, reply: bytes, what: str) -> bytes:
         if len(reply) > self.max_message_bytes:
             return codec.encode_error(
-                "reply_too_large", "", f"the batch reply is {len(reply)} bytes; the limit is {self.max_message_bytes}"
+                "reply_too_large", "", f"the {what} is {len(reply)} bytes; the limit is {self.max_message_bytes}"
             )
         return reply
 

@@ -228,11 +228,7 @@ class SandboxPool:
 
     def invoke(self, plugin_id: str, capability: str, payload: Any, timeout_s: float) -> Any:
         """Run one call in a worker of ``plugin_id`` and return its result. Blocks up to ``timeout_s``."""
-        try:
-            data = codec.encode_call(capability, payload)
-        except TypeError as exc:
-            raise self._unencodable(plugin_id, exc) from None
-        self._check_size(plugin_id, len(data), "payload")
+        data = self._encode(plugin_id, codec.encode_call, capability, payload, "payload")
         outcomes, pid = self._call(
             plugin_id, capability, timeout_s, lambda handle, t: handle.call(data, timeout=t), _single
         )
@@ -283,11 +279,7 @@ class SandboxPool:
         return results
 
     def _run_chunk(self, plugin_id: str, capability: str, chunk: list[Any], offset: int, timeout_s: float) -> list[Any]:
-        try:
-            data = codec.encode_batch(capability, chunk)
-        except TypeError as exc:
-            raise self._unencodable(plugin_id, exc) from None
-        self._check_size(plugin_id, len(data), "batch")
+        data = self._encode(plugin_id, codec.encode_batch, capability, chunk, "batch")
         outcomes, pid = self._call(
             plugin_id,
             capability,
@@ -312,20 +304,25 @@ class SandboxPool:
                 )
             return self._executor
 
-    def _unencodable(self, plugin_id: str, exc: Exception) -> PayloadError:
-        return PayloadError(
-            f"plugin {plugin_id!r}: the payload cannot cross the sandbox boundary ({exc}); send "
-            f"JSON-compatible values or bytes",
-            plugin_id=plugin_id,
-        )
-
-    def _check_size(self, plugin_id: str, size: int, what: str) -> None:
-        if size > self._max_message_bytes:
+    def _encode(
+        self, plugin_id: str, encode: Callable[[str, Any], bytes], capability: str, payload: Any, what: str
+    ) -> bytes:
+        """Encode in the host, so a payload that cannot cross the boundary fails before anything is sent."""
+        try:
+            data = encode(capability, payload)
+        except TypeError as exc:
             raise PayloadError(
-                f"plugin {plugin_id!r}: the {what} is {size} bytes; the limit is {self._max_message_bytes} "
+                f"plugin {plugin_id!r}: the {what} cannot cross the sandbox boundary ({exc}); send "
+                f"JSON-compatible values or bytes",
+                plugin_id=plugin_id,
+            ) from None
+        if len(data) > self._max_message_bytes:
+            raise PayloadError(
+                f"plugin {plugin_id!r}: the {what} is {len(data)} bytes; the limit is {self._max_message_bytes} "
                 f"(sandbox.max_message_mb){'; send smaller batches' if what == 'batch' else ''}",
                 plugin_id=plugin_id,
             )
+        return data
 
     def _call(
         self,
