@@ -106,7 +106,7 @@ def main() -> int:
     for name, ns in best.items():
         lines.append(f"| {name} | {ns:,.0f} | {ns - base:+,.0f} | {ns / base:.2f} |")
     table = "\n".join(lines)
-    cmd = "python scripts/bench.py " + " ".join(sys.argv[1:])
+    cmd = "python scripts/bench.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
     header = (
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node() or 'this machine'} "
         f"({platform.machine()}, Python {platform.python_version()}, {threading.active_count()} thread), "
