@@ -282,6 +282,68 @@ def _cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from plugin_pool.integrity import IntegrityError, write_keypair
+
+    try:
+        kid = write_keypair(args.private, args.public)
+    except IntegrityError as exc:
+        err.write(f"plugin-pool keygen: {exc}\n")
+        return 2
+    out.write(f"key id {kid}\nprivate key: {args.private} (mode 0600; keep it secret)\npublic key: {args.public}\n")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from plugin_pool.integrity import MANIFEST_NAME, IntegrityError, load_private_key, read_signature, sign_plugin
+
+    manifest = os.path.join(args.dir, MANIFEST_NAME)
+    try:
+        if not os.path.isfile(manifest):
+            raise IntegrityError(f"no {MANIFEST_NAME} here; give a plugin folder", path=args.dir)
+        key = load_private_key(args.key)
+    except IntegrityError as exc:
+        err.write(f"plugin-pool sign: {exc}\n")
+        return 2
+    kid = sign_plugin(args.dir, key)
+    signature = read_signature(manifest)
+    out.write(f"signed {args.dir} with key {kid}\ncontent hash {signature.content_hash if signature else '?'}\n")
+    return 0
+
+
+def _cmd_hash(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from plugin_pool.integrity import compute_content_hash
+
+    if not os.path.isdir(args.dir):
+        err.write(f"plugin-pool hash: {args.dir}: not a directory; give a plugin folder\n")
+        return 2
+    content = compute_content_hash(args.dir)
+    out.write(content.digest + "\n")
+    if args.files:
+        for path, digest in content.files.items():
+            out.write(f"{digest}  {path}\n")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from plugin_pool.integrity import IntegrityError, load_trusted_keys, verify_plugin
+
+    try:
+        if not os.path.isdir(args.dir):
+            raise IntegrityError("not a directory; give a plugin folder", path=args.dir)
+        keys = load_trusted_keys(args.trusted_key)
+    except IntegrityError as exc:
+        err.write(f"plugin-pool verify: {exc}\n")
+        return 2
+    try:
+        kid, content = verify_plugin(args.dir, keys)
+    except IntegrityError as exc:
+        err.write(f"plugin-pool verify: INVALID: {exc}\n")
+        return 1
+    out.write(f"{args.dir}: valid signature by key {kid}\ncontent hash {content.digest}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``plugin-pool``."""
     parser = argparse.ArgumentParser(prog="plugin-pool", description=__doc__.splitlines()[0])
@@ -315,6 +377,29 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--plugin", action="append", default=[], help=plugin_help)
         cmd.add_argument("--json", action="store_true", help="print JSON")
         cmd.set_defaults(func=_cmd_list)
+
+    keygen = sub.add_parser("keygen", help="generate an Ed25519 key pair for signing plugin manifests")
+    keygen.add_argument("--private", required=True, metavar="PATH", help="where to write the private key (0600)")
+    keygen.add_argument("--public", required=True, metavar="PATH", help="where to write the public key")
+    keygen.set_defaults(func=_cmd_keygen)
+    sign = sub.add_parser("sign", help="sign a plugin folder: write a [signature] table into its plugin.toml")
+    sign.add_argument("dir", help="the plugin folder")
+    sign.add_argument("--key", required=True, metavar="PRIVATE.pem", help="the private key (from keygen)")
+    sign.set_defaults(func=_cmd_sign)
+    hash_cmd = sub.add_parser("hash", help="print the content hash of a plugin folder")
+    hash_cmd.add_argument("dir", help="the plugin folder")
+    hash_cmd.add_argument("--files", action="store_true", help="also print each file's hash")
+    hash_cmd.set_defaults(func=_cmd_hash)
+    verify = sub.add_parser("verify", help="verify a plugin folder's signature (exit 0 valid, 1 invalid)")
+    verify.add_argument("dir", help="the plugin folder")
+    verify.add_argument(
+        "--trusted-key",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="a trusted public key file, or a directory of *.pem/*.pub files (repeatable)",
+    )
+    verify.set_defaults(func=_cmd_verify)
 
     cfg = sub.add_parser("config", help="check a configuration file, or list every setting")
     cfg_sub = cfg.add_subparsers(dest="action", required=True)

@@ -9,6 +9,8 @@ the key and the file or variable it came from.
 from __future__ import annotations
 
 import math
+import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -21,10 +23,12 @@ from plugin_pool.model import validate_plugin_id
 
 __all__ = [
     "Config",
+    "DiscoveryConfig",
     "HostConfig",
     "LifecycleConfig",
     "PluginSettings",
     "SandboxConfig",
+    "TrustConfig",
     "WorkloadConfig",
     "load_config",
 ]
@@ -32,8 +36,15 @@ __all__ = [
 ENV_PREFIX = "PLUGIN_POOL_"
 
 
-def _setting(default: Any, doc: str, *, unit: str = "", minimum: float | None = None) -> Any:
-    metadata = {"doc": doc, "unit": unit, "minimum": minimum}
+_LIST_KIND = "tuple[str, ...]"
+"""The annotation of list settings: a TOML array of strings, or one os.pathsep- or comma-separated variable."""
+_LIST_SPLIT = re.compile(f"[,{re.escape(os.pathsep)}]")
+
+
+def _setting(
+    default: Any, doc: str, *, unit: str = "", minimum: float | None = None, choices: tuple[str, ...] = ()
+) -> Any:
+    metadata = {"doc": doc, "unit": unit, "minimum": minimum, "choices": choices}
     if isinstance(default, Mapping):
         frozen = MappingProxyType(dict(default))
         return field(default_factory=lambda: frozen, metadata=metadata)
@@ -133,6 +144,42 @@ class WorkloadConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    """Where ``host.discover()`` looks for plugins (TOML section ``[discovery]``).
+
+    Relative paths are resolved against the configuration file's folder (as given when there is no file).
+    """
+
+    paths: tuple[str, ...] = _setting(
+        (),
+        "folders holding plugin folders (each with a plugin.toml), scanned in order; a folder that is itself "
+        "a plugin folder counts as one plugin",
+    )
+    entry_point_group: str = _setting(
+        "plugin_pool.plugins", "entry-point group of installed distributions that provide BuiltIn/Trusted plugins"
+    )
+    use_entry_points: bool = _setting(True, "whether discovery also loads plugins advertised by entry points")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    """Which signatures make a folder plugin Trusted (TOML section ``[trust]``).
+
+    Relative paths are resolved against the configuration file's folder (as given when there is no file).
+    """
+
+    trusted_keys: tuple[str, ...] = _setting(
+        (), "Ed25519 public key files (or folders of them) whose signatures make a folder plugin Trusted"
+    )
+    unsigned_trusted: str = _setting(
+        "reject",
+        "what happens to a folder plugin that claims Trusted without a valid signature by a trusted key: "
+        "'reject' (it fails, audited) or 'downgrade' (it runs as Untrusted in the sandbox)",
+        choices=("reject", "downgrade"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class PluginSettings:
     """Per-plugin settings (TOML table ``[plugins.<id>]``). Not overridable from the environment."""
 
@@ -158,24 +205,45 @@ class Config:
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     plugins: Mapping[str, PluginSettings] = field(default_factory=lambda: MappingProxyType({}))
     source: str | None = None
     """The file the configuration was read from, if any (used in error messages)."""
 
 
 _SECTIONS: Mapping[str, type[Any]] = MappingProxyType(
-    {"host": HostConfig, "lifecycle": LifecycleConfig, "sandbox": SandboxConfig, "workload": WorkloadConfig}
+    {
+        "host": HostConfig,
+        "lifecycle": LifecycleConfig,
+        "sandbox": SandboxConfig,
+        "workload": WorkloadConfig,
+        "discovery": DiscoveryConfig,
+        "trust": TrustConfig,
+    }
 )
+_PATH_SETTINGS = (("discovery", "paths"), ("trust", "trusted_keys"))
 
 
 def _field_type(cls: type[Any], name: str) -> str:
     return str(cls.__annotations__[name])
 
 
-def _coerce(value: Any, kind: str, key: str, source: str, minimum: float | None) -> Any:
+def _coerce(value: Any, kind: str, key: str, source: str, minimum: float | None, choices: tuple[str, ...] = ()) -> Any:
     """Convert a TOML or environment value to the field's type, or raise ConfigError naming key and source."""
     from_env = isinstance(value, str) and source.startswith(ENV_PREFIX)
     try:
+        if kind == _LIST_KIND:
+            # From a variable: one string split on os.pathsep or commas; an empty variable is refused so a
+            # typo cannot silently clear the list (set it in the file or in overrides instead).
+            items = [part.strip() for part in _LIST_SPLIT.split(value)] if from_env else value
+            if isinstance(items, tuple):
+                items = list(items)
+            if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+                raise ValueError
+            if from_env and not items:
+                raise ValueError
+            return tuple(items)
         if kind == "bool":
             if from_env:
                 low = value.strip().lower()
@@ -205,16 +273,27 @@ def _coerce(value: Any, kind: str, key: str, source: str, minimum: float | None)
         if kind == "str" or kind == "str | None":
             if not isinstance(value, str) or not value:
                 raise ValueError
+            if choices and value not in choices:
+                raise ConfigError(
+                    f"{key} = {value!r} in {source} is invalid: expected one of {', '.join(choices)}",
+                    key=key,
+                    source=source,
+                )
             return value
     except ConfigError:
         raise
     except ValueError:
         raise ConfigError(
-            f"{key} = {value!r} in {source} is invalid: expected {kind.replace(' | None', '')}",
+            f"{key} = {value!r} in {source} is invalid: expected {_kind_name(kind).replace(' | None', '')}",
             key=key,
             source=source,
         ) from None
     raise ConfigError(f"{key} in {source}: unsupported setting type {kind}", key=key, source=source)
+
+
+def _kind_name(kind: str) -> str:
+    """The type as users write it: list settings are TOML arrays of strings."""
+    return "list[str]" if kind == _LIST_KIND else kind
 
 
 def _build_section(cls: type[Any], table: Mapping[str, Any], section: str, source: str) -> Any:
@@ -230,7 +309,9 @@ def _build_section(cls: type[Any], table: Mapping[str, Any], section: str, sourc
                 source=source,
             )
         f = known[key]
-        values[key] = _coerce(raw, _field_type(cls, key), f"{section}.{key}", source, f.metadata.get("minimum"))
+        values[key] = _coerce(
+            raw, _field_type(cls, key), f"{section}.{key}", source, f.metadata.get("minimum"), f.metadata["choices"]
+        )
     return cls(**values)
 
 
@@ -307,7 +388,8 @@ def load_config(
 
     ``env`` is a mapping such as ``os.environ`` (only the CLI passes the real one); ``overrides`` maps
     section to settings, e.g. ``{"lifecycle": {"start_timeout_s": 2.0}}``, and wins over everything.
-    Relative plugin entry paths are resolved against the file's directory.
+    Relative plugin entry paths, ``discovery.paths`` and ``trust.trusted_keys`` are resolved against the
+    file's directory (``base / p`` leaves absolute paths as they are).
     """
     data: dict[str, Any] = {}
     source = "<defaults>"
@@ -350,6 +432,9 @@ def load_config(
     if path is not None:
         base = Path(path).resolve().parent
         plugins = {pid: _resolve_entry(p, base) for pid, p in plugins.items()}
+        for name, key in _PATH_SETTINGS:
+            given = getattr(sections[name], key)
+            sections[name] = replace(sections[name], **{key: tuple(str(base / p) for p in given)})
     return Config(plugins=MappingProxyType(plugins), source=None if path is None else source, **sections)
 
 
@@ -371,7 +456,12 @@ def _apply_env(section: Any, name: str, env: Mapping[str, str]) -> Any:
         var = env_var(name, f.name)
         if var in env:
             changes[f.name] = _coerce(
-                env[var], _field_type(cls, f.name), f"{name}.{f.name}", var, f.metadata.get("minimum")
+                env[var],
+                _field_type(cls, f.name),
+                f"{name}.{f.name}",
+                var,
+                f.metadata.get("minimum"),
+                f.metadata["choices"],
             )
     return replace(section, **changes) if changes else section
 
@@ -390,7 +480,7 @@ def list_settings() -> list[dict[str, Any]]:
             rows.append(
                 {
                     "key": f"{name}.{f.name}",
-                    "type": _field_type(cls, f.name),
+                    "type": _kind_name(_field_type(cls, f.name)),
                     "unit": f.metadata.get("unit", ""),
                     "default": default,
                     "env": env_var(name, f.name),

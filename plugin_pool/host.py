@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import shutil
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +28,14 @@ from plugin_pool._loader import load_entry
 from plugin_pool._steps import StepRunner, StepTimeout
 from plugin_pool.config import Config, PluginSettings
 from plugin_pool.context import PluginContext
+from plugin_pool.discovery import (
+    ContentHashMismatchError,
+    DiscoveredPlugin,
+    Discovery,
+    DiscoveryResult,
+    RescanReport,
+    check_content_hash,
+)
 from plugin_pool.errors import (
     CapabilityDeniedError,
     DuplicatePluginError,
@@ -37,9 +47,11 @@ from plugin_pool.errors import (
     PluginNotActiveError,
     PluginNotFoundError,
     PluginPoolError,
+    RegistryError,
     RequiredPluginError,
     TrustViolationError,
 )
+from plugin_pool.integrity import ContentHash, compute_content_hash
 from plugin_pool.lifecycle import PluginState, check_transition
 from plugin_pool.manifest import Manifest, read_manifest
 from plugin_pool.model import NETWORK_CAPABILITIES, Capabilities, Plugin, PluginInfo, TrustLevel, thaw_json
@@ -147,6 +159,21 @@ class _Slot:
     stats: CallStats | None = None
     started_seq: int | None = None
     registered: bool = False
+    content_hash: ContentHash | None = None
+    """Folder plugins: the hash of their files when added (recorded as the registry's assembly_hash); the
+    copy that is loaded is hashed again at start and must match, else the plugin fails naming the change."""
+    source: str | None = None
+    """Where discovery found it (folder or entry point), for health and audit details."""
+
+    @property
+    def loadable(self) -> bool:
+        """Whether the host has something to start: a plugin object, or a folder."""
+        return self.plugin is not None or self.manifest is not None
+
+    @property
+    def sandboxed(self) -> bool:
+        """Whether the plugin runs in sandbox workers (an Untrusted folder plugin)."""
+        return self.manifest is not None and self.info.trust_level is TrustLevel.UNTRUSTED
 
 
 class PluginClient:
@@ -202,6 +229,9 @@ class PluginHost:
         self._seq = itertools.count(1)
         self._opened = False
         self._closed = False
+        self._discovery: Discovery | None = None
+        self._private_dirs: list[Path] = []
+        self._reported_duplicates: set[tuple[str, str]] = set()
 
     # -- open / close ----------------------------------------------------------------------------------
 
@@ -227,6 +257,8 @@ class PluginHost:
                 self._runner.close()
                 if self._pool is not None:
                     self._pool.close()
+                for private in self._private_dirs:
+                    shutil.rmtree(private, ignore_errors=True)
                 if self._owns_registry:
                     self.registry.close()
 
@@ -330,12 +362,17 @@ class PluginHost:
         *,
         config: Mapping[str, Any] | None = None,
         services: Sequence[str] = (),
+        verify_content: bool = True,
     ) -> PluginInfo:
-        """Add an Untrusted plugin from its folder (``plugin.toml`` and its code). Reads the manifest only.
+        """Add an Untrusted plugin from its folder (``plugin.toml`` and its code). Reads and hashes its files.
 
         The plugin's code is never imported in the host: it runs in sandbox workers once started. A folder
-        cannot make itself BuiltIn or Trusted here; such a manifest raises TrustViolationError.
-        Raises ManifestError (an InvalidPluginError) naming the file and field for a bad manifest.
+        cannot make itself BuiltIn or Trusted here (Trusted folders come from :meth:`discover`, which checks
+        their signature); such a manifest raises TrustViolationError. Raises ManifestError (an
+        InvalidPluginError) naming the file and field for a bad manifest, IntegrityError for a symlink that
+        leaves the folder. The content hash is recorded as the registry's assembly_hash and checked again on
+        the private copy the workers load; ``verify_content=False`` records none and checks nothing (only
+        for folders the caller prepared itself). Not safe to call twice for one id (DuplicatePluginError).
         """
         manifest = read_manifest(directory)
         info = manifest.info
@@ -346,12 +383,172 @@ class PluginHost:
                 f"added in code with host.add_plugin)",
                 plugin_id=info.id,
             )
-        configured = self.config.plugins.get(info.id)
-        settings = PluginSettings(
+        content_hash = compute_content_hash(manifest.directory) if verify_content else None
+        settings = self._settings_for(info.id, config, services)
+        slot = _Slot(info=info, plugin=None, settings=settings, manifest=manifest, content_hash=content_hash)
+        return self._insert(slot, manifest.capabilities)
+
+    def _settings_for(
+        self, plugin_id: str, config: Mapping[str, Any] | None, services: Sequence[str]
+    ) -> PluginSettings:
+        configured = self.config.plugins.get(plugin_id)
+        return PluginSettings(
             config=MappingProxyType(dict(config if config is not None else (configured.config if configured else {}))),
             services=tuple(services) if services else (configured.services if configured else ()),
         )
-        return self._insert(_Slot(info=info, plugin=None, settings=settings, manifest=manifest), manifest.capabilities)
+
+    # -- discovery ---------------------------------------------------------------------------------------
+
+    def discover(self) -> DiscoveryResult:
+        """Discover plugins as ``[discovery]`` and ``[trust]`` say and add every one not added yet.
+
+        Untrusted folders run in the sandbox; signed Trusted folders and entry points run in-process
+        (imported only here, for entry points, or at start after the content hash is checked, for Trusted
+        folders). A candidate that cannot be added (bad manifest, rejected signature, duplicate id, entry
+        point that fails to import, a changed folder whose version the registry knows with another hash) is
+        kept as Failed with the reason, audited, and visible in get_health; the others are added. Blocks
+        to read, hash and (entry points) import. The scan is cached: calling it again adds nothing new;
+        use :meth:`rescan` to look again. Raises only for a configuration mistake (a bad trusted key).
+        """
+        with self._lock:
+            self._check_usable()
+            if self._discovery is None:
+                self._discovery = Discovery.from_config(self.config)
+            result = self._discovery.get_result()
+            self._add_discovered(result)
+        return result
+
+    def rescan(self) -> RescanReport:
+        """Scan again; add plugins that are new, and report (log) the ids that changed or were removed.
+
+        Active plugins are not disturbed: a changed plugin keeps running the code it verified (restarting
+        it checks its files against the hash recorded when it was added and fails it if they changed), and
+        a removed one keeps running until stopped. Blocks like :meth:`discover`; safe to call repeatedly.
+        """
+        with self._lock:
+            self._check_usable()
+            if self._discovery is None:
+                self._discovery = Discovery.from_config(self.config)
+            report = self._discovery.rescan()
+            self._add_discovered(report.result)
+        if report.changed or report.removed:
+            _log.warning(
+                "rescan: changed %s, removed %s (running plugins are left as they are)",
+                list(report.changed),
+                list(report.removed),
+                extra={"event": "plugins_rescanned"},
+            )
+        return report
+
+    def _add_discovered(self, result: DiscoveryResult) -> None:
+        for found in (*result.plugins, *result.errors):
+            if found.plugin_id is None:
+                continue
+            if found.error_kind == "duplicate":
+                self._report_duplicate(found)
+                continue
+            if found.plugin_id in self._slots:
+                continue
+            if found.error is not None:
+                self._add_rejected(found)
+            elif found.kind == "entry_point":
+                self._add_entry_point(found)
+            else:
+                self._add_discovered_folder(found)
+
+    def _add_discovered_folder(self, found: DiscoveredPlugin) -> None:
+        manifest = found.manifest
+        assert manifest is not None and found.plugin_id is not None and found.trust_level is not None
+        info = (
+            manifest.info
+            if manifest.info.trust_level is found.trust_level
+            else replace(manifest.info, trust_level=found.trust_level)
+        )
+        slot = _Slot(
+            info=info,
+            plugin=None,
+            settings=self._settings_for(info.id, None, ()),
+            manifest=manifest,
+            content_hash=found.content_hash,
+            source=found.source,
+        )
+        try:
+            self._insert(slot, manifest.capabilities)
+        except RegistryError as exc:
+            # The registry knows this version with another hash: the files changed without a new version.
+            reason = f"content hash mismatch: {exc}"
+            self._add_failed(info, reason, EventKind.HASH_MISMATCH, {"source": found.source, "reason": reason})
+
+    def _add_entry_point(self, found: DiscoveredPlugin) -> None:
+        assert found.entry_point is not None and found.plugin_id is not None
+        plugin_id = found.plugin_id
+        settings = self._settings_for(plugin_id, None, ())
+        try:
+            loaded = found.entry_point.load()
+            plugin = loaded() if isinstance(loaded, type) else loaded
+            info = self._read_info(plugin)
+            if info.id != plugin_id:
+                raise InvalidPluginError(
+                    f"{found.source} declares id {info.id!r}; name the entry point after the plugin's id",
+                    plugin_id=plugin_id,
+                    field="id",
+                )
+            if not info.trust_level.in_process:
+                raise TrustViolationError(
+                    f"{found.source} says {info.trust_level.value}; an entry point runs in-process, so it must "
+                    f"say builtin or trusted",
+                    plugin_id=plugin_id,
+                )
+            self._add(plugin, settings)
+            self._slots[plugin_id].source = found.source
+        except DuplicatePluginError:
+            raise
+        except Exception as exc:
+            info = PluginInfo(id=plugin_id, name=plugin_id, version="0", trust_level=TrustLevel.TRUSTED)
+            reason = f"loading failed: {found.source}: {type(exc).__name__}: {exc}"
+            self._add_failed(info, reason, EventKind.FAILED, {"source": found.source, "reason": reason})
+
+    def _add_rejected(self, found: DiscoveredPlugin) -> None:
+        assert found.plugin_id is not None and found.error is not None
+        if found.manifest is not None:
+            info = found.manifest.info
+        else:
+            info = PluginInfo(id=found.plugin_id, name=found.plugin_id, version="0", trust_level=TrustLevel.UNTRUSTED)
+        kind = EventKind.SIGNATURE_REJECTED if found.error_kind == "signature" else EventKind.FAILED
+        self._add_failed(info, found.decision, kind, {"source": found.source, "reason": found.decision})
+
+    def _report_duplicate(self, found: DiscoveredPlugin) -> None:
+        """The id belongs to the first source: audit the duplicate once, leave the first one's slot alone."""
+        key = (found.plugin_id or "", found.source)
+        if key in self._reported_duplicates:
+            return
+        self._reported_duplicates.add(key)
+        self.registry.record_event(
+            EventKind.FAILED,
+            plugin_id=found.plugin_id,
+            actor=self._actor,
+            details={"reason": found.decision, "source": found.source},
+        )
+        _log.error("plugin not added: %s", found.decision, extra={"event": "plugin_failed"})
+
+    def _add_failed(self, info: PluginInfo, reason: str, kind: EventKind, details: Mapping[str, Any]) -> None:
+        """Keep a plugin that could not be added as Failed (health shows it) and audit why."""
+        slot = _Slot(
+            info=info,
+            plugin=None,
+            settings=PluginSettings(),
+            state=PluginState.FAILED,
+            reason=reason,
+            source=str(details.get("source")),
+        )
+        with self._lock:
+            if info.id in self._slots:
+                return
+            self._slots[info.id] = slot
+        self.registry.record_event(
+            kind, plugin_id=info.id, actor=self._actor, state=PluginState.FAILED, details=details
+        )
+        _log.error("plugin failed to load: %s", reason, extra=self._log_fields(slot, "plugin_failed"))
 
     def _read_info(self, plugin: Any) -> PluginInfo:
         try:
@@ -397,7 +594,13 @@ class PluginHost:
         return info
 
     def _register(self, slot: _Slot, declared: Capabilities) -> None:
-        record = self.registry.register(slot.info, declared, actor=self._actor, config=slot.settings.config)
+        record = self.registry.register(
+            slot.info,
+            declared,
+            actor=self._actor,
+            assembly_hash=slot.content_hash.digest if slot.content_hash is not None else None,
+            config=slot.settings.config,
+        )
         slot.registered = True
         if record.status in (PluginState.STOPPED, PluginState.FAILED):
             # Known from an earlier run: its lifecycle goes on from there (Stopped/Failed -> Loading).
@@ -444,7 +647,7 @@ class PluginHost:
             ids = list(self._slots)
         for plugin_id in ids:
             slot = self._slots[plugin_id]
-            if (slot.plugin is not None or slot.manifest is not None) and slot.state is not PluginState.ACTIVE:
+            if slot.loadable and slot.state is not PluginState.ACTIVE:
                 self.start_plugin(plugin_id)
         return self.get_health()
 
@@ -459,17 +662,20 @@ class PluginHost:
             slot = self._get_slot(plugin_id)
             if slot.state is PluginState.ACTIVE:
                 return slot.state
-            if slot.plugin is None and slot.manifest is None:
+            if not slot.loadable:
                 return slot.state
             self._transition(slot, PluginState.LOADING, "load" if slot.state is PluginState.DISCOVERED else "reload")
-            load = self._load if slot.plugin is not None else self._load_sandboxed
+            load = self._load_sandboxed if slot.sandboxed else self._load
             try:
                 routes = load(slot)
+            except ContentHashMismatchError as exc:
+                self._fail_integrity(slot, exc)
+                return slot.state
             except Exception as exc:
                 self._fail(slot, f"loading failed: {exc}")
                 return slot.state
             self._transition(slot, PluginState.INITIALIZING, "initialize")
-            initialize = self._initialize if slot.plugin is not None else self._initialize_sandboxed
+            initialize = self._initialize_sandboxed if slot.sandboxed else self._initialize
             error = initialize(slot)
             if error is not None:
                 self._fail(slot, error)
@@ -523,11 +729,56 @@ class PluginHost:
             for slot in active:
                 self.stop_plugin(slot.info.id, reason="host shutdown")
 
+    def _import_trusted_folder(self, slot: _Slot) -> Plugin:
+        """Import a signed Trusted folder plugin from a private copy whose hash matched the registered one.
+
+        The folder is copied to a host-private temporary folder, the copy hashed and compared, and the entry
+        module loaded from the copy as a file (``module:attr`` -> ``<copy>/module.py`` or
+        ``<copy>/module/__init__.py``): the code imported is the code verified, with no window for a change.
+        Its own imports of sibling modules are not supported (the folder is not put on sys.path).
+        """
+        manifest = slot.manifest
+        assert manifest is not None
+        private = Path(tempfile.mkdtemp(prefix=f"plugin-pool-{slot.info.id}-"))
+        self._private_dirs.append(private)
+        copy = private / "plugin"
+        shutil.copytree(manifest.directory, copy, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        if slot.content_hash is not None:
+            check_content_hash(slot.info.id, copy, slot.content_hash, shown=manifest.directory)
+        module, _, attr = manifest.entry.partition(":")
+        file = copy.joinpath(*module.split(".")).with_suffix(".py")
+        if not file.is_file():
+            file = copy.joinpath(*module.split("."), "__init__.py")
+        plugin = load_entry(f"{file}:{attr}")
+        info = self._read_info(plugin)
+        if info.id != slot.info.id or info.trust_level is not TrustLevel.TRUSTED:
+            raise TrustViolationError(
+                f"plugin folder {manifest.directory} declares {slot.info.id!r} (trusted) but its entry "
+                f"{manifest.entry!r} says {info.id!r} ({info.trust_level.value}); they must agree",
+                plugin_id=slot.info.id,
+            )
+        return plugin  # type: ignore[no-any-return]
+
+    def _fail_integrity(self, slot: _Slot, exc: ContentHashMismatchError) -> None:
+        self.registry.record_event(
+            EventKind.HASH_MISMATCH,
+            plugin_id=slot.info.id,
+            actor=self._actor,
+            state=slot.state,
+            details={
+                "changes": exc.changes[:100],
+                "expected": exc.expected.digest,
+                "actual": exc.actual.digest,
+            },
+        )
+        self._fail(slot, f"loading failed: {exc}")
+
     def _load(self, slot: _Slot) -> dict[str, Route]:
         """Read and validate the capabilities and resolve each to a route. Raises on any problem."""
         info = slot.info
+        if slot.plugin is None:
+            slot.plugin = self._import_trusted_folder(slot)
         plugin = slot.plugin
-        assert plugin is not None
         caps = plugin.capabilities
         if not isinstance(caps, Capabilities):
             raise InvalidPluginError(
@@ -599,7 +850,7 @@ class PluginHost:
                 plugin_id=info.id,
             )
         pool = self._ensure_pool()
-        timeout_s = self.config.host.call_timeout_s
+        timeout_s = min(self.config.host.call_timeout_s, manifest.resources.get("call_timeout_s", float("inf")))
         stats = CallStats()
         routes: dict[str, Route] = {}
         for name in manifest.capabilities:
@@ -631,11 +882,24 @@ class PluginHost:
             services=slot.settings.services,
             initialize_timeout_s=lifecycle.initialize_timeout_s,
             start_timeout_s=lifecycle.start_timeout_s,
+            memory_mb=_int_or_none(manifest.resources.get("memory_mb")),
+            cpu_time_s=_int_or_none(manifest.resources.get("cpu_time_s")),
+            verify_staged_copy=self._staged_copy_check(slot),
         )
         try:
             self._pool.start_plugin(
                 plan, min_workers=manifest.pool.get("min_workers"), max_workers=manifest.pool.get("max_workers")
             )
+        except ContentHashMismatchError as exc:
+            self._batch_routes.pop(slot.info.id, None)
+            self.registry.record_event(
+                EventKind.HASH_MISMATCH,
+                plugin_id=slot.info.id,
+                actor=self._actor,
+                state=slot.state,
+                details={"changes": exc.changes[:100], "expected": exc.expected.digest, "actual": exc.actual.digest},
+            )
+            return f"loading failed: {exc}"
         except BootError as exc:
             self._batch_routes.pop(slot.info.id, None)
             return str(exc)
@@ -643,6 +907,19 @@ class PluginHost:
             self._batch_routes.pop(slot.info.id, None)
             return str(exc)
         return None
+
+    @staticmethod
+    def _staged_copy_check(slot: _Slot) -> Callable[[Path], None] | None:
+        expected = slot.content_hash
+        if expected is None or slot.manifest is None:
+            return None
+        plugin_id = slot.info.id
+        original = slot.manifest.directory
+
+        def check(staged: Path) -> None:
+            check_content_hash(plugin_id, staged, expected, shown=original)
+
+        return check
 
     def _ensure_pool(self) -> SandboxPool:
         if self._pool is None:
@@ -852,7 +1129,7 @@ class PluginHost:
             reason=slot.reason,
             capabilities=slot.capabilities.names,
             stats=slot.stats.snapshot() if slot.stats else None,
-            workers=self._pool.get_stats(slot.info.id) if self._pool is not None and slot.manifest else None,
+            workers=self._pool.get_stats(slot.info.id) if self._pool is not None and slot.sandboxed else None,
         )
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -883,6 +1160,10 @@ class PluginHost:
             "trustLevel": slot.info.trust_level.value,
             "lifecycleState": slot.state.value,
         }
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _json_bytes(config: Mapping[str, Any]) -> bytes:

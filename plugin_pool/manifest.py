@@ -17,10 +17,26 @@ An Untrusted plugin's manifest is read as data only; the host never imports anyt
     [pool]                                # optional per-plugin pool sizing
     min_workers = 1
     max_workers = 2
+
+Optional keys of ``[plugin]``: ``priority`` (an integer, default 0: discovery orders plugins by priority,
+highest first, then by id, so two hosts load the same set the same way) and ``host_versions`` (a PEP 440
+specifier such as ``">=0.1,<1"`` that ``plugin_pool.__version__`` must satisfy; checked by discovery).
+
+    [resources]                           # optional per-plugin limits (sandboxed plugins); they only
+    memory_mb = 256                       # tighten the host's [sandbox] / [host] values, never loosen them
+    cpu_time_s = 60
+    call_timeout_s = 2.5
+
+    [signature]                           # written by ``plugin-pool sign``; read by plugin_pool.integrity
+    key_id = "…"
+
+A folder's trust level is ``untrusted`` or ``trusted`` (which discovery accepts only with a valid signature
+by a configured key); ``builtin`` is refused: BuiltIn is only what the host registers in code.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -29,16 +45,27 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from plugin_pool.errors import InvalidPluginError
-from plugin_pool.model import Capabilities, Capability, PluginInfo
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
 
-__all__ = ["MANIFEST_NAME", "Manifest", "ManifestError", "read_manifest"]
+from plugin_pool.errors import InvalidPluginError
+from plugin_pool.model import Capabilities, Capability, PluginInfo, TrustLevel
+
+__all__ = ["MANIFEST_NAME", "RESOURCE_LIMITS", "Manifest", "ManifestError", "check_host_version", "read_manifest"]
 
 MANIFEST_NAME = "plugin.toml"
 _ENTRY_RE = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 )
 _POOL_KEYS = {"min_workers", "max_workers"}
+_TABLES = ("plugin", "capabilities", "pool", "resources", "signature")
+_PLUGIN_KEYS = {"id", "name", "version", "trust_level", "entry", "description", "author", "priority", "host_versions"}
+PRIORITY_LIMIT = 1_000_000
+
+RESOURCE_LIMITS: Mapping[str, tuple[type, float]] = MappingProxyType(
+    {"memory_mb": (int, 256), "cpu_time_s": (int, 1), "call_timeout_s": (float, 0.001)}
+)
+"""The keys a manifest's ``[resources]`` table may hold: key -> (type, minimum). Units are in the names."""
 
 
 class ManifestError(InvalidPluginError):
@@ -59,6 +86,20 @@ class Manifest:
     directory: Path
     pool: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     source: Path | None = None
+    priority: int = 0
+    """Discovery order: higher first, then by id."""
+    host_versions: str | None = None
+    """A PEP 440 specifier the host version must satisfy (None: any host)."""
+    resources: Mapping[str, int | float] = field(default_factory=lambda: MappingProxyType({}))
+    """Per-plugin limits from ``[resources]`` (see RESOURCE_LIMITS); they only ever tighten the host's."""
+    has_signature: bool = False
+    """Whether the manifest has a ``[signature]`` table (checked by plugin_pool.integrity, not here)."""
+
+    def supports_host(self, host_version: str) -> bool:
+        """Whether ``host_version`` satisfies ``host_versions`` (always true without one). Pure."""
+        if self.host_versions is None:
+            return True
+        return SpecifierSet(self.host_versions).contains(Version(host_version), prereleases=True)
 
 
 def read_manifest(directory: str | Path) -> Manifest:
@@ -72,10 +113,10 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise ManifestError(f"no {MANIFEST_NAME} in the plugin folder; add one", path=path) from None
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"not valid TOML: {exc}", path=path) from None
-    unknown = set(data) - {"plugin", "capabilities", "pool"}
+    unknown = set(data) - set(_TABLES)
     if unknown:
         raise ManifestError(
-            f"unknown table [{sorted(unknown)[0]}]; expected [plugin], [capabilities], [pool]",
+            f"unknown table [{sorted(unknown)[0]}]; expected {', '.join(f'[{t}]' for t in _TABLES)}",
             path=path,
             field=sorted(unknown)[0],
         )
@@ -85,11 +126,10 @@ def read_manifest(directory: str | Path) -> Manifest:
     for key in ("id", "name", "version", "trust_level", "entry"):
         if key not in table:
             raise ManifestError(f"missing plugin.{key}", path=path, field=f"plugin.{key}")
-    known = {"id", "name", "version", "trust_level", "entry", "description", "author"}
-    extra = set(table) - known
+    extra = set(table) - _PLUGIN_KEYS
     if extra:
         raise ManifestError(
-            f"unknown key plugin.{sorted(extra)[0]}; known: {', '.join(sorted(known))}",
+            f"unknown key plugin.{sorted(extra)[0]}; known: {', '.join(sorted(_PLUGIN_KEYS))}",
             path=path,
             field=f"plugin.{sorted(extra)[0]}",
         )
@@ -109,6 +149,24 @@ def read_manifest(directory: str | Path) -> Manifest:
             field=f"plugin.{exc.field}" if exc.field else None,
             plugin_id=table.get("id") if isinstance(table.get("id"), str) else None,
         ) from None
+    if info.trust_level is TrustLevel.BUILTIN:
+        raise ManifestError(
+            "plugin.trust_level 'builtin' is not allowed in a plugin folder: BuiltIn is only what the host "
+            "registers in code; declare 'untrusted', or 'trusted' with a signed manifest",
+            path=path,
+            field="plugin.trust_level",
+            plugin_id=info.id,
+        )
+    priority = table.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > PRIORITY_LIMIT:
+        raise ManifestError(
+            f"plugin.priority = {priority!r} is invalid: expected an integer between "
+            f"-{PRIORITY_LIMIT} and {PRIORITY_LIMIT} (higher loads first)",
+            path=path,
+            field="plugin.priority",
+            plugin_id=info.id,
+        )
+    host_versions = _read_host_versions(table.get("host_versions"), path, info.id)
     entry = table["entry"]
     if not isinstance(entry, str) or not _ENTRY_RE.match(entry):
         raise ManifestError(
@@ -144,6 +202,15 @@ def read_manifest(directory: str | Path) -> Manifest:
             field="pool",
             plugin_id=info.id,
         )
+    resources = _read_resources(data.get("resources", {}), path, info.id)
+    signature = data.get("signature")
+    if signature is not None and not isinstance(signature, dict):
+        raise ManifestError(
+            "signature must be a table ([signature], written by plugin-pool sign)",
+            path=path,
+            field="signature",
+            plugin_id=info.id,
+        )
     return Manifest(
         info=info,
         capabilities=capabilities,
@@ -151,6 +218,70 @@ def read_manifest(directory: str | Path) -> Manifest:
         directory=folder,
         pool=MappingProxyType(dict(pool)),
         source=path,
+        priority=priority,
+        host_versions=host_versions,
+        resources=resources,
+        has_signature=signature is not None,
+    )
+
+
+def _read_host_versions(value: Any, path: Path, plugin_id: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidSpecifier(repr(value))
+        SpecifierSet(value)
+    except InvalidSpecifier:
+        raise ManifestError(
+            f"plugin.host_versions = {value!r} is invalid: expected a PEP 440 specifier such as '>=0.1,<1'",
+            path=path,
+            field="plugin.host_versions",
+            plugin_id=plugin_id,
+        ) from None
+    return value
+
+
+def _read_resources(table: Any, path: Path, plugin_id: str) -> Mapping[str, int | float]:
+    if not isinstance(table, dict):
+        raise ManifestError(
+            "resources must be a table ([resources])", path=path, field="resources", plugin_id=plugin_id
+        )
+    values: dict[str, int | float] = {}
+    for key, value in table.items():
+        if key not in RESOURCE_LIMITS:
+            raise ManifestError(
+                f"unknown key resources.{key}; known: {', '.join(sorted(RESOURCE_LIMITS))}",
+                path=path,
+                field=f"resources.{key}",
+                plugin_id=plugin_id,
+            )
+        kind, minimum = RESOURCE_LIMITS[key]
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if kind is int and not isinstance(value, int):
+            ok = False
+        if not ok or not math.isfinite(value) or value < minimum:
+            raise ManifestError(
+                f"resources.{key} = {value!r} is invalid: expected {'an integer' if kind is int else 'a number'} "
+                f">= {minimum:g}",
+                path=path,
+                field=f"resources.{key}",
+                plugin_id=plugin_id,
+            )
+        values[key] = float(value) if kind is float else value
+    return MappingProxyType(values)
+
+
+def check_host_version(manifest: Manifest, host_version: str) -> str | None:
+    """Return why ``host_version`` is outside the manifest's ``host_versions``, or None if it is supported. Pure."""
+    try:
+        if manifest.supports_host(host_version):
+            return None
+    except InvalidVersion:
+        return f"host version {host_version!r} is not a PEP 440 version"
+    return (
+        f"plugin {manifest.info.id!r} supports host versions {manifest.host_versions!r}; this host is "
+        f"{host_version}: install a compatible plugin version"
     )
 
 

@@ -159,6 +159,12 @@ class SandboxPool:
         # the code that runs cannot change under them after the copy was made.
         source_dir = plan.plugin_dir
         plan = dataclasses.replace(plan, plugin_dir=self.supervisor.stage_plugin(plan.plugin_id, source_dir))
+        if plan.verify_staged_copy is not None:
+            try:
+                plan.verify_staged_copy(plan.plugin_dir)
+            except BaseException:
+                self.supervisor.unstage_plugin(plan.plugin_dir)
+                raise
         group = _PluginWorkers(plan=plan, min_workers=low, max_workers=high)
         self.supervisor.allow_services(plan.plugin_id, plan.services)
         with self._lock:

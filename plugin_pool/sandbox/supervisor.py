@@ -95,6 +95,13 @@ class WorkerPlan:
     services: tuple[str, ...]
     initialize_timeout_s: float
     start_timeout_s: float
+    memory_mb: int | None = None
+    """This plugin's RLIMIT_DATA when lower than ``[sandbox] memory_mb`` (from its manifest's [resources])."""
+    cpu_time_s: int | None = None
+    """This plugin's RLIMIT_CPU when lower than ``[sandbox] cpu_time_s`` (from its manifest's [resources])."""
+    verify_staged_copy: Callable[[Path], None] | None = None
+    """Called with the private copy right after staging, before any worker boots; raising aborts the start
+    (the host checks the content hash here, so the bytes verified are the bytes the workers load)."""
 
 
 @dataclass(eq=False)
@@ -637,8 +644,8 @@ class Supervisor:
             temp_dir=str(handle.directory / "tmp"),
             read_only_paths=self._read_only_paths(plan.plugin_dir),
             socket_dir=str(handle.socket_path.parent),
-            cpu_time_s=config.cpu_time_s,
-            memory_mb=config.memory_mb,
+            cpu_time_s=min(plan.cpu_time_s or config.cpu_time_s, config.cpu_time_s),
+            memory_mb=min(plan.memory_mb or config.memory_mb, config.memory_mb),
             open_files=config.open_files,
             file_size_mb=config.file_size_mb,
             uid=self.worker_uid,
