@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from plugin_pool.config import Config, PluginSettings, list_settings, load_config
+from plugin_pool.discovery import Discovery, format_discovery_report
 from plugin_pool.errors import ConfigError, PluginPoolError
 from plugin_pool.host import HostHealth, PluginHost
 from plugin_pool.logs import configure_json_logging
@@ -77,6 +78,7 @@ def _build_host(config: Config, entries: Sequence[str], plugin_dirs: Sequence[st
     host = PluginHost(replace(config, plugins=plugins))
     host.open()
     host.add_configured_plugins()
+    host.discover()  # [discovery] paths and entry points; plugins configured by id above come first
     for directory in plugin_dirs:
         host.add_plugin_dir(directory)
     return host
@@ -257,6 +259,24 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 1 if failed and args.strict else 0
 
 
+def _cmd_discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = load_config(args.config, env=os.environ)
+    overrides: dict[str, Any] = {}
+    if args.path:
+        overrides["discovery"] = replace(
+            config.discovery, paths=(*config.discovery.paths, *map(os.path.abspath, args.path))
+        )
+    if args.trusted_key or args.unsigned_trusted:
+        overrides["trust"] = replace(
+            config.trust,
+            trusted_keys=(*config.trust.trusted_keys, *map(os.path.abspath, args.trusted_key)),
+            unsigned_trusted=args.unsigned_trusted or config.trust.unsigned_trusted,
+        )
+    result = Discovery.from_config(replace(config, **overrides)).get_result()
+    out.write(format_discovery_report(result))
+    return 1 if result.errors else 0
+
+
 def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load_config(args.config, env=os.environ)
     with _build_host(config, args.plugin) as host:
@@ -400,6 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a trusted public key file, or a directory of *.pem/*.pub files (repeatable)",
     )
     verify.set_defaults(func=_cmd_verify)
+
+    disc = sub.add_parser("discover", help="show what would load from the discovery paths, and why anything would not")
+    disc.add_argument("config", nargs="?", help="configuration file (TOML) with [discovery] and [trust]")
+    disc.add_argument("--path", action="append", default=[], help="a folder of plugin folders (repeatable)")
+    disc.add_argument("--trusted-key", action="append", default=[], help="a trusted public key file or folder")
+    disc.add_argument("--unsigned-trusted", choices=("reject", "downgrade"), help="policy for unsigned Trusted")
+    disc.set_defaults(func=_cmd_discover)
 
     cfg = sub.add_parser("config", help="check a configuration file, or list every setting")
     cfg_sub = cfg.add_subparsers(dest="action", required=True)
