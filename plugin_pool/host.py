@@ -8,10 +8,13 @@ plugin, plugin not Active, undeclared capability) falls to the slow path, which 
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import inspect
 import itertools
 import logging
 import shutil
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -732,10 +735,10 @@ class PluginHost:
     def _import_trusted_folder(self, slot: _Slot) -> Plugin:
         """Import a signed Trusted folder plugin from a private copy whose hash matched the registered one.
 
-        The folder is copied to a host-private temporary folder, the copy hashed and compared, and the entry
-        module loaded from the copy as a file (``module:attr`` -> ``<copy>/module.py`` or
-        ``<copy>/module/__init__.py``): the code imported is the code verified, with no window for a change.
-        Its own imports of sibling modules are not supported (the folder is not put on sys.path).
+        The folder is copied to a host-private temporary folder, the copy hashed and compared, and then
+        imported as a private package (a unique name whose ``__path__`` is the copy), so the code imported
+        is the code verified, with no window for a change. The plugin's own modules import each other
+        relatively (``from . import rules``); the folder is never put on ``sys.path``.
         """
         manifest = slot.manifest
         assert manifest is not None
@@ -745,11 +748,15 @@ class PluginHost:
         shutil.copytree(manifest.directory, copy, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         if slot.content_hash is not None:
             check_content_hash(slot.info.id, copy, slot.content_hash, shown=manifest.directory)
-        module, _, attr = manifest.entry.partition(":")
-        file = copy.joinpath(*module.split(".")).with_suffix(".py")
-        if not file.is_file():
-            file = copy.joinpath(*module.split("."), "__init__.py")
-        plugin = load_entry(f"{file}:{attr}")
+        package_name = f"plugin_pool_trusted_{slot.info.id.replace('-', '_')}_{private.name[-8:]}"
+        package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(package_name, None, is_package=True))
+        package.__path__ = [str(copy)]
+        sys.modules[package_name] = package
+        module_name, _, attr = manifest.entry.partition(":")
+        obj: Any = importlib.import_module(f"{package_name}.{module_name}")
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        plugin: Plugin = obj() if isinstance(obj, type) else obj
         info = self._read_info(plugin)
         if info.id != slot.info.id or info.trust_level is not TrustLevel.TRUSTED:
             raise TrustViolationError(
@@ -757,7 +764,7 @@ class PluginHost:
                 f"{manifest.entry!r} says {info.id!r} ({info.trust_level.value}); they must agree",
                 plugin_id=slot.info.id,
             )
-        return plugin  # type: ignore[no-any-return]
+        return plugin
 
     def _fail_integrity(self, slot: _Slot, exc: ContentHashMismatchError) -> None:
         self.registry.record_event(

@@ -280,3 +280,39 @@ def test_an_entry_point_that_fails_to_import_fails_only_itself(
     assert "must say builtin or trusted" in (failed["ep-liar"] or "")
     for name in ("ep_good_mod", "ep_broken_mod"):
         monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_a_trusted_folder_plugin_imports_its_own_modules_relatively_from_the_verified_copy(
+    tmp_path: Path, keypair: tuple[Path, Path], hosts: list[PluginHost]
+) -> None:
+    folder = tmp_path / "plugins" / "layered"
+    folder.mkdir(parents=True)
+    (folder / "plugin.toml").write_text(
+        '[plugin]\nid = "layered"\nname = "Layered"\nversion = "1.0.0"\ntrust_level = "trusted"\n'
+        'entry = "main:Layered"\n\n[capabilities.scan]\n\n[capabilities.where]\n'
+    )
+    (folder / "rules.py").write_text("WORDS = ('secret', 'token')\n")
+    (folder / "main.py").write_text(
+        "from plugin_pool.sdk import PluginBase, PluginInfo, TrustLevel, capability\n"
+        "from . import rules\n\n"
+        "class Layered(PluginBase):\n"
+        "    info = PluginInfo(id='layered', name='Layered', version='1.0.0', trust_level=TrustLevel.TRUSTED)\n\n"
+        "    @capability\n"
+        "    def scan(self, text):\n"
+        "        return [w for w in rules.WORDS if w in text]\n\n"
+        "    @capability\n"
+        "    def where(self, _):\n"
+        "        return [__name__, __file__]\n"
+    )
+    sign_plugin(folder, load_private_key(keypair[0]))
+    host = make_host([folder.parent], trust={"trusted_keys": [str(keypair[1])]})
+    hosts.append(host)
+    host.discover()
+    host.start_plugins()
+    assert host.is_active("layered"), host.get_health().failed
+    assert host.invoke("layered", "scan", "a secret") == ["secret"]
+    # Imported from the private copy under a private package name, never from the folder or sys.path.
+    name, file = host.invoke("layered", "where")
+    assert name.startswith("plugin_pool_trusted_layered_") and name.endswith(".main")
+    assert not file.startswith(str(folder)) and file.endswith("main.py")
+    assert str(folder) not in sys.path
