@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _benchdoc import write_section
+
 from plugin_pool import PluginHost
 from plugin_pool.sdk import PluginBase, PluginInfo, TrustLevel, capability
 
 ROOT = Path(__file__).resolve().parent.parent
-SANDBOX_BEGIN = "<!-- sandbox:begin -->"
-SANDBOX_END = "<!-- sandbox:end -->"
 
 
 class Echo(PluginBase):
@@ -129,26 +129,17 @@ def main() -> int:
     print("\n".join(check_lines))
     if args.write:
         doc = ROOT / "docs" / "benchmarks.md"
-        # scripts/bench_sandbox.py owns the section between these markers; keep it as it is.
-        kept = ""
-        if doc.exists():
-            old = doc.read_text(encoding="utf-8")
-            begin, end = old.find(SANDBOX_BEGIN), old.find(SANDBOX_END)
-            if begin != -1 and end != -1:
-                kept = "\n" + old[begin : end + len(SANDBOX_END)] + "\n"
-        doc.write_text(
-            "# Benchmarks\n\n"
-            "Every figure here is printed by a script in `scripts/`, with its baseline measured in the same run.\n"
-            "The machine is a shared 2-core VM: absolute numbers move between runs, ratios much less.\n\n"
+        write_section(
+            doc,
+            "inprocess",
             "## In-process call paths (BuiltIn, Trusted)\n\n"
             f"Command: `{cmd.strip()}`\n\n{header}\n{table}\n\n{chr(10).join(check_lines)}\n\n"
             "The BuiltIn object path is the plugin's bound method itself, so it costs what a direct call costs;\n"
             "its ratio differs from 1.00 only by noise. `host.invoke` adds two dictionary lookups and a\n"
             "zero-cost `try`; the Trusted route adds two `perf_counter_ns` calls and one uncontended lock\n"
-            "around the counters, which keeps the counts exact under many threads.\n" + kept,
-            encoding="utf-8",
+            "around the counters, which keeps the counts exact under many threads.\n",
         )
-        print(f"\nwrote {doc.relative_to(ROOT)}")
+        print(f"\nwrote the in-process section of {doc.relative_to(ROOT)}")
     return 0 if all(ok for _, _, ok in checks) else 1
 
 

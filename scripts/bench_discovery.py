@@ -20,11 +20,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _benchdoc import write_section
+
 from plugin_pool.discovery import Discovery
 from plugin_pool.integrity import compute_content_hash
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- discovery:begin -->", "<!-- discovery:end -->"
 TARGET_COLD_S = 1.0
 
 MODULE = "from plugin_pool.sdk import PluginBase\n\n\nclass Plugin(PluginBase):\n    pass\n" + "# padding\n" * 80
@@ -108,21 +109,14 @@ def main() -> int:
     print(f"Command: `{cmd}`\n\n{header}\n\n" + "\n".join(rows))
     if args.write:
         section = (
-            f"{BEGIN}\n## Discovery\n\nCommand: `{cmd}`\n\n{header}\n\n"
+            f"## Discovery\n\nCommand: `{cmd}`\n\n{header}\n\n"
             + "\n".join(rows)
             + "\n\nCold means the first scan of a fresh `Discovery` (files in the OS page cache, as after the folders "
             "were written or deployed). It is dominated by hashing (every file read once) and TOML parsing; the "
             "cached result is a dict lookup, so asking again costs nothing until `rescan()`, which scans in full.\n"
-            + END
         )
         doc: Path = args.doc
-        text = doc.read_text(encoding="utf-8") if doc.exists() else ""
-        start, end = text.find(BEGIN), text.find(END)
-        if start != -1 and end > start:
-            text = text[:start] + section + text[end + len(END) :]
-        else:
-            text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section + "\n"
-        doc.write_text(text, encoding="utf-8")
+        write_section(doc, "discovery", section)
         print(f"\nwrote the discovery section of {doc}")
     return 0 if med_cold <= TARGET_COLD_S else 1
 

@@ -44,11 +44,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _benchdoc import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = Path(__file__).resolve().parent / "bench_plugins" / "echo"
 PLUGIN_ID = "bench-echo"
 DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- sandbox:begin -->", "<!-- sandbox:end -->"
 READING = """How to read it:
 
 - **Single calls** cost what gRPC costs plus about a tenth: calls travel as hand-framed `Frame` messages
@@ -575,8 +576,7 @@ def main() -> int:
         ]  # sys.argv[i] is the argument before a (its option)
         cmd = "python scripts/bench_sandbox.py " + " ".join(argv)
         section = (
-            f"{BEGIN}\n## Untrusted (sandbox) call path\n\n"
-            f"Command: `{cmd.strip()}`\n\n{header}\n\n"
+            f"## Untrusted (sandbox) call path\n\nCommand: `{cmd.strip()}`\n\n{header}\n\n"
             + "\n".join(table)
             + "\n\n"
             + "\n".join(detail)
@@ -584,16 +584,9 @@ def main() -> int:
             + "\n".join(regime)
             + "\n\n"
             + READING
-            + f"\n{END}"
         )
         doc: Path = args.doc
-        text = doc.read_text(encoding="utf-8") if doc.exists() else ""
-        start, end = text.find(BEGIN), text.find(END)
-        if start != -1 and end > start:
-            text = text[:start] + section + text[end + len(END) :]
-        else:
-            text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section + "\n"
-        doc.write_text(text, encoding="utf-8")
+        write_section(doc, "sandbox", section)
         print(f"\nwrote the sandbox section of {doc}")
     missed = [r[0] for r in rows if r[5] is False]
     return 1 if args.strict and missed else 0
