@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,11 +26,12 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 
 from plugin_pool._dispatch import CallStats, CallStatsSnapshot, Route, async_route, monitored_route
 from plugin_pool._loader import load_entry
 from plugin_pool._steps import StepRunner, StepTimeout
-from plugin_pool.config import Config, PluginSettings
+from plugin_pool.config import Config, PluginSettings, SandboxConfig
 from plugin_pool.context import PluginContext
 from plugin_pool.discovery import (
     ContentHashMismatchError,
@@ -41,6 +43,7 @@ from plugin_pool.discovery import (
 )
 from plugin_pool.errors import (
     CapabilityDeniedError,
+    ConfigError,
     DuplicatePluginError,
     HostClosedError,
     InvalidPluginError,
@@ -57,6 +60,7 @@ from plugin_pool.errors import (
 from plugin_pool.integrity import ContentHash, compute_content_hash
 from plugin_pool.lifecycle import PluginState, check_transition
 from plugin_pool.manifest import Manifest, read_manifest
+from plugin_pool.metrics import HostMetrics, PluginSample
 from plugin_pool.model import NETWORK_CAPABILITIES, Capabilities, Plugin, PluginInfo, TrustLevel, thaw_json
 from plugin_pool.registry.base import EventKind, PluginRegistry
 from plugin_pool.registry.memory import InMemoryPluginRegistry
@@ -73,6 +77,9 @@ __all__ = ["HostHealth", "PluginClient", "PluginHealth", "PluginHost"]
 logging.getLogger("plugin_pool").addHandler(logging.NullHandler())
 _log = logging.getLogger("plugin_pool.host")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_INTEGRITY_EVENTS: Mapping[EventKind, str] = MappingProxyType(
+    {EventKind.HASH_MISMATCH: "hash_mismatch", EventKind.SIGNATURE_REJECTED: "signature"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +214,9 @@ class PluginHost:
     Use it as a context manager (``with PluginHost(config) as host:``) or call :meth:`open` and
     :meth:`close`; both are idempotent. All methods are thread-safe. Lifecycle methods block while plugin
     code runs (each step is bounded by its timeout); :meth:`invoke` blocks for the call.
+
+    ``metrics_registry``: the Prometheus registry for the host's metrics (see plugin_pool.metrics); by
+    default a private one per host (``host.metrics_registry``), so two hosts in one process never collide.
     """
 
     def __init__(
@@ -215,6 +225,7 @@ class PluginHost:
         *,
         registry: PluginRegistry | None = None,
         services: Mapping[str, Any] | None = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config or Config()
         self._owns_registry = registry is None
@@ -235,6 +246,10 @@ class PluginHost:
         self._discovery: Discovery | None = None
         self._private_dirs: list[Path] = []
         self._reported_duplicates: set[tuple[str, str]] = set()
+        self.metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
+        """The Prometheus registry the host's metrics are on (plugin_pool.metrics); a private one unless the
+        caller passed one. The library serves nothing: expose it as the application does its own."""
+        self._metrics = HostMetrics(self.metrics_registry, self._list_metric_samples)
 
     # -- open / close ----------------------------------------------------------------------------------
 
@@ -548,6 +563,10 @@ class PluginHost:
             if info.id in self._slots:
                 return
             self._slots[info.id] = slot
+        self._metrics.add_plugin(info.id)
+        self._metrics.count_failure(info.id)
+        if kind in _INTEGRITY_EVENTS:
+            self._metrics.count_integrity_rejection(info.id, _INTEGRITY_EVENTS[kind])
         self.registry.record_event(
             kind, plugin_id=info.id, actor=self._actor, state=PluginState.FAILED, details=details
         )
@@ -593,6 +612,7 @@ class PluginHost:
                 )
             self._register(slot, declared)
             self._slots[info.id] = slot
+        self._metrics.add_plugin(info.id)
         _log.info("plugin added", extra=self._log_fields(slot, "plugin_added"))
         return info
 
@@ -629,6 +649,8 @@ class PluginHost:
                 raise DuplicatePluginError(f"plugin {plugin_id!r} is already added", plugin_id=plugin_id)
             slot = _Slot(info=info, plugin=None, settings=settings, state=PluginState.FAILED, reason=reason)
             self._slots[plugin_id] = slot
+        self._metrics.add_plugin(plugin_id)
+        self._metrics.count_failure(plugin_id)
         self.registry.record_event(
             EventKind.FAILED,
             plugin_id=plugin_id,
@@ -668,6 +690,7 @@ class PluginHost:
             if not slot.loadable:
                 return slot.state
             self._transition(slot, PluginState.LOADING, "load" if slot.state is PluginState.DISCOVERED else "reload")
+            loading_since = time.perf_counter()
             load = self._load_sandboxed if slot.sandboxed else self._load
             try:
                 routes = load(slot)
@@ -684,6 +707,7 @@ class PluginHost:
                 self._fail(slot, error)
                 return slot.state
             self._transition(slot, PluginState.ACTIVE, "started")
+            self._metrics.observe_load(slot.info.trust_level, (time.perf_counter() - loading_since) * 1000.0)
             slot.started_seq = next(self._seq)
             new_routes = dict(self._routes)
             new_routes[plugin_id] = routes
@@ -767,6 +791,7 @@ class PluginHost:
         return plugin
 
     def _fail_integrity(self, slot: _Slot, exc: ContentHashMismatchError) -> None:
+        self._metrics.count_integrity_rejection(slot.info.id, "hash_mismatch")
         self.registry.record_event(
             EventKind.HASH_MISMATCH,
             plugin_id=slot.info.id,
@@ -857,6 +882,9 @@ class PluginHost:
                 plugin_id=info.id,
             )
         pool = self._ensure_pool()
+        from plugin_pool.sandbox.pool import RESTART_REASONS  # loaded with the pool above
+
+        self._metrics.add_sandboxed_plugin(info.id, RESTART_REASONS)
         timeout_s = min(self.config.host.call_timeout_s, manifest.resources.get("call_timeout_s", float("inf")))
         stats = CallStats()
         routes: dict[str, Route] = {}
@@ -899,6 +927,7 @@ class PluginHost:
             )
         except ContentHashMismatchError as exc:
             self._batch_routes.pop(slot.info.id, None)
+            self._metrics.count_integrity_rejection(slot.info.id, "hash_mismatch")
             self.registry.record_event(
                 EventKind.HASH_MISMATCH,
                 plugin_id=slot.info.id,
@@ -944,6 +973,7 @@ class PluginHost:
 
     def _on_restart(self, plugin_id: str, reason: str) -> None:
         self.restarts[plugin_id, reason] += 1
+        self._metrics.count_restart(plugin_id, reason)
         slot = self._slots.get(plugin_id)
         self.registry.record_event(
             EventKind.WORKER_RESTARTED,
@@ -970,6 +1000,113 @@ class PluginHost:
         """The worker pool of Untrusted plugins, once one has started (None before)."""
         return self._pool
 
+    # -- pool sizing -------------------------------------------------------------------------------------
+
+    def resize_pool(
+        self, plugin_id: str, *, min_workers: int | None = None, max_workers: int | None = None
+    ) -> tuple[int, int]:
+        """Change the worker bounds of an Active sandboxed plugin without failing a call; return (min, max).
+
+        Growing spawns workers up to the new minimum; shrinking retires idle workers above the new
+        maximum gracefully, and busy ones as their calls return (see SandboxPool.resize_plugin). The
+        bounds last until the plugin stops (a restart takes its manifest's [pool] or [sandbox] again).
+        Does not wait for workers to boot or exit; safe to call any number of times. Raises
+        PluginNotFoundError, PluginNotActiveError, TrustViolationError for an in-process plugin (it has
+        no pool) and ConfigError for invalid bounds.
+        """
+        slot = self._get_slot(plugin_id)
+        if not slot.sandboxed:
+            raise TrustViolationError(
+                f"plugin {plugin_id!r} is {slot.info.trust_level.value} and runs in the host process: it has "
+                f"no worker pool to resize",
+                plugin_id=plugin_id,
+            )
+        if slot.state is not PluginState.ACTIVE or self._pool is None:
+            raise PluginNotActiveError(plugin_id, slot.state, slot.reason)
+        return self._pool.resize_plugin(plugin_id, min_workers=min_workers, max_workers=max_workers)
+
+    def set_max_total_workers(self, max_total_workers: int) -> None:
+        """Change ``sandbox.max_total_workers`` (the cap of all sandbox workers together) at runtime.
+
+        Lowering it stops growth beyond it; running workers stay until plugins are resized. Safe to call
+        twice. Raises ConfigError below 1.
+        """
+        self.apply_pool_sizes(replace(self.config.sandbox, max_total_workers=max_total_workers), resize=False)
+
+    def apply_pool_sizes(self, sandbox: SandboxConfig, *, resize: bool = True) -> dict[str, tuple[int, int]]:
+        """Apply the pool sizes of ``sandbox`` (e.g. a reloaded configuration file's) to the running host.
+
+        ``max_total_workers`` and the default ``min_workers``/``max_workers`` take effect at once (for
+        plugins started later too); with ``resize``, every Active sandboxed plugin is resized to its
+        manifest's [pool] bounds where it sets them, else to the new defaults. Other sandbox settings
+        (limits that workers apply when they boot) are not changed. Returns the new bounds by plugin id.
+        Safe to call any number of times; no call in flight fails. Raises ConfigError for invalid sizes
+        (nothing is changed then).
+        """
+        for key in ("min_workers", "max_workers", "max_total_workers"):
+            if getattr(sandbox, key) < 1:
+                raise ConfigError(
+                    f"sandbox.{key} = {getattr(sandbox, key)} is too small: the minimum is 1", key=f"sandbox.{key}"
+                )
+        if sandbox.max_workers < sandbox.min_workers:
+            raise ConfigError(
+                f"sandbox.max_workers = {sandbox.max_workers} is below sandbox.min_workers = {sandbox.min_workers}",
+                key="sandbox.max_workers",
+            )
+        with self._lock:
+            self._check_usable()
+            self.config = replace(
+                self.config,
+                sandbox=replace(
+                    self.config.sandbox,
+                    min_workers=sandbox.min_workers,
+                    max_workers=sandbox.max_workers,
+                    max_total_workers=sandbox.max_total_workers,
+                ),
+            )
+            pool = self._pool
+            if pool is None:
+                return {}
+            pool.update_limits(
+                min_workers=sandbox.min_workers,
+                max_workers=sandbox.max_workers,
+                max_total_workers=sandbox.max_total_workers,
+            )
+            if not resize:
+                return {}
+            sized: dict[str, tuple[int, int]] = {}
+            for slot in tuple(self._slots.values()):
+                if not slot.sandboxed or slot.state is not PluginState.ACTIVE or slot.manifest is None:
+                    continue
+                low = int(slot.manifest.pool.get("min_workers") or sandbox.min_workers)
+                high = int(slot.manifest.pool.get("max_workers") or max(sandbox.max_workers, low))
+                sized[slot.info.id] = pool.resize_plugin(slot.info.id, min_workers=low, max_workers=max(low, high))
+        return sized
+
+    def _list_metric_samples(self) -> list[PluginSample]:
+        """What the metrics collector reads at scrape time; takes no host lock (like get_health)."""
+        pool = self._pool
+        samples = []
+        for slot in tuple(self._slots.values()):
+            stats = slot.stats.snapshot() if slot.stats is not None else None
+            workers = pool.get_stats(slot.info.id) if pool is not None and slot.sandboxed else None
+            samples.append(
+                PluginSample(
+                    plugin_id=slot.info.id,
+                    trust_level=slot.info.trust_level,
+                    active=slot.state is PluginState.ACTIVE,
+                    calls=stats.calls if stats is not None else None,
+                    errors=stats.errors if stats is not None else 0,
+                    total_s=stats.total_ms / 1000.0 if stats is not None else 0.0,
+                    workers_busy=workers.busy if workers is not None else None,
+                    workers_idle=workers.idle if workers is not None else 0,
+                    waiting=workers.waiting if workers is not None else 0,
+                    min_workers=workers.min_workers if workers is not None else 0,
+                    max_workers=workers.max_workers if workers is not None else 0,
+                )
+            )
+        return samples
+
     def _run_step(
         self, slot: _Slot, step: str, func: Any, args: tuple[Any, ...], timeout_s: float
     ) -> LifecycleError | None:
@@ -992,6 +1129,8 @@ class PluginHost:
         )
         slot.state = target
         slot.reason = reason if target is PluginState.FAILED else None
+        if target is PluginState.FAILED:
+            self._metrics.count_failure(slot.info.id)
 
     def _fail(self, slot: _Slot, reason: str) -> None:
         self._transition(slot, PluginState.FAILED, reason)
@@ -1082,6 +1221,7 @@ class PluginHost:
         if slot.state is not PluginState.ACTIVE:
             return PluginNotActiveError(plugin_id, slot.state, slot.reason)
         declared = slot.capabilities.names
+        self._metrics.count_denial(plugin_id)
         self.registry.record_event(
             EventKind.CAPABILITY_DENIED,
             plugin_id=plugin_id,

@@ -26,6 +26,7 @@ from plugin_pool.config import SandboxConfig
 from plugin_pool.errors import (
     CallTimeoutError,
     CapabilityDeniedError,
+    ConfigError,
     MalformedReplyError,
     PayloadError,
     PluginCallError,
@@ -64,6 +65,8 @@ class PoolStats:
     errors: int
     restarts: Mapping[str, int]
     last_error: str | None
+    min_workers: int = 0
+    max_workers: int = 0
 
 
 @dataclass(eq=False)
@@ -87,6 +90,8 @@ class _PluginWorkers:
     crashes: collections.deque[float] = field(default_factory=collections.deque)
     recycle_limits: dict[WorkerHandle, tuple[int, float]] = field(default_factory=dict)
     """Per worker: the calls and the age (s) after which it is recycled, each drawn once with jitter."""
+    shrinking: set[WorkerHandle] = field(default_factory=set)
+    """Workers retired because the pool was made smaller (still in ``workers`` until their exit)."""
 
 
 class SandboxPool:
@@ -229,6 +234,108 @@ class SandboxPool:
         with self._lock:
             self._total -= len(workers)  # workers still spawning give their slot back themselves
         return error
+
+    # -- sizing ---------------------------------------------------------------------------------------
+
+    def resize_plugin(
+        self, plugin_id: str, *, min_workers: int | None = None, max_workers: int | None = None
+    ) -> tuple[int, int]:
+        """Change a running plugin's pool bounds without failing a call; return the new (min, max).
+
+        Growing the minimum spawns workers up to it (as far as ``max_total_workers`` allows); lowering the
+        maximum retires idle workers above it gracefully (their stop() runs) and each busy one above it
+        when its call returns. Retirements are not replacements: no restart is counted. Idle workers
+        between the new minimum and maximum stay (the pool never shrinks towards its minimum by itself).
+        Does not block on workers; safe to call any number of times. Raises PluginNotActiveError for a
+        plugin without workers and ConfigError for bounds below 1 or a minimum above the maximum.
+        """
+        group = self._plugins.get(plugin_id)
+        if group is None:
+            raise PluginNotActiveError(plugin_id, PluginState.STOPPED, "it has no sandbox workers")
+        with group.cond:
+            low = group.min_workers if min_workers is None else min_workers
+            high = group.max_workers if max_workers is None else max_workers
+            if max_workers is None and high < low:
+                high = low  # raising only the minimum carries the maximum along
+            if low < 1 or high < low:
+                raise ConfigError(
+                    f"plugin {plugin_id!r}: pool bounds min_workers={low}, max_workers={high} are invalid: both "
+                    f"must be at least 1 and min_workers at most max_workers",
+                    key="pool",
+                    source="resize",
+                )
+            group.min_workers, group.max_workers = low, high
+            self._trim(group)
+            missing = low - (len(group.workers) - len(group.shrinking) + group.spawning)
+            granted = 0
+            with self._lock:
+                while granted < missing and self._total < self.config.max_total_workers:
+                    self._total += 1
+                    granted += 1
+            group.spawning += granted
+            group.cond.notify_all()
+        for _ in range(granted):
+            self.supervisor.schedule(0.0, lambda: self._spawn_into(group, reason=None))
+        if granted < missing:
+            _log.warning(
+                "plugin %r: %d of %d workers for min_workers=%d were not started: sandbox.max_total_workers "
+                "(%d) is reached",
+                plugin_id,
+                missing - granted,
+                missing,
+                low,
+                self.config.max_total_workers,
+                extra={"event": "pool_resized", "pluginId": plugin_id, "trustLevel": "untrusted"},
+            )
+        _log.info(
+            "plugin %r: pool resized to min_workers=%d, max_workers=%d",
+            plugin_id,
+            low,
+            high,
+            extra={"event": "pool_resized", "pluginId": plugin_id, "trustLevel": "untrusted"},
+        )
+        return low, high
+
+    def update_limits(
+        self, *, min_workers: int | None = None, max_workers: int | None = None, max_total_workers: int | None = None
+    ) -> SandboxConfig:
+        """Change the defaults for plugins started later (``min_workers``, ``max_workers``) and the cap of all
+        workers together (``max_total_workers``), and return the configuration now in force.
+
+        Lowering the cap stops growth and new plugins beyond it; running workers stay (resize the plugins
+        to retire some). Running plugins keep their bounds: use :meth:`resize_plugin`. Safe to call twice.
+        """
+        changes: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("min_workers", min_workers),
+                ("max_workers", max_workers),
+                ("max_total_workers", max_total_workers),
+            )
+            if value is not None
+        }
+        for key, value in changes.items():
+            if value < 1:
+                raise ConfigError(f"sandbox.{key} = {value} is too small: the minimum is 1", key=f"sandbox.{key}")
+        config = dataclasses.replace(self.config, **changes)
+        if config.max_workers < config.min_workers:
+            raise ConfigError(
+                f"sandbox.max_workers = {config.max_workers} is below sandbox.min_workers = {config.min_workers}",
+                key="sandbox.max_workers",
+            )
+        self.config = config  # one reference swap: readers see the old or the new limits, never a mix
+        return config
+
+    def _trim(self, group: _PluginWorkers) -> None:
+        """Retire idle workers while the plugin has more than its maximum (caller holds cond). Busy ones
+        are left to their call; ``_release`` trims again when it returns."""
+        while group.idle and len(group.workers) - len(group.shrinking) > group.max_workers:
+            handle = group.idle.pop(0)  # the least recently used: warm workers stay warm
+            group.shrinking.add(handle)
+            handle.retiring = True
+            threading.Thread(
+                target=self.supervisor.retire_worker, args=(handle, "stop"), name="plugin-pool-retire", daemon=True
+            ).start()
 
     # -- calls --------------------------------------------------------------------------------------
 
@@ -423,7 +530,9 @@ class SandboxPool:
                 self._recycle(group, handle, due)
             elif not handle.exited.is_set() and not handle.retiring:
                 group.idle.append(handle)
-                group.cond.notify()
+                self._trim(group)  # a pool made smaller retires the worker that comes back
+                if group.idle:
+                    group.cond.notify()
 
     def _recycle(self, group: _PluginWorkers, handle: WorkerHandle, reason: str) -> None:
         """Retire an idle worker gracefully and count its replacement under ``reason`` (caller holds cond)."""
@@ -506,6 +615,7 @@ class SandboxPool:
                 return
             group.workers.discard(handle)
             group.recycle_limits.pop(handle, None)
+            group.shrinking.discard(handle)
             if handle in group.idle:
                 group.idle.remove(handle)
             reason = _restart_reason(handle)
@@ -581,6 +691,7 @@ class SandboxPool:
                 group.workers.add(handle)
                 group.recycle_limits[handle] = self._recycle_limits()
                 group.idle.append(handle)
+                self._trim(group)
                 # Wake every waiter: one takes this worker, the others ask _grow for the next one
                 # (with notify(), they slept until a busy worker came back and the pool never grew).
                 group.cond.notify_all()
@@ -634,6 +745,8 @@ class SandboxPool:
                 errors=group.errors,
                 restarts=dict(group.restarts),
                 last_error=group.last_error,
+                min_workers=group.min_workers,
+                max_workers=group.max_workers,
             )
 
     def list_worker_pids(self, plugin_id: str) -> list[int]:

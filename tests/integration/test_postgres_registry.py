@@ -1,0 +1,464 @@
+"""The PostgreSQL registry against a real server: migrations, hosts racing, notifications, outages, bad input.
+
+The contract suite (tests/contract) covers the protocol itself; this file covers what only a shared database
+has. Every test works in its own schema (dropped afterwards). Outages are simulated with a TCP proxy thread on
+127.0.0.1 between the registry and the server, which a test cuts (every connection closed, new ones refused)
+and restores on the same port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from plugin_pool import Capabilities, PluginInfo, PluginState, RegistryConflictError, RegistryError, TrustLevel
+from plugin_pool.registry import EventKind
+from plugin_pool.registry.postgres import (
+    PostgresPluginRegistry,
+    RegistryUnavailableError,
+    list_migrations,
+    migrate,
+)
+
+pytestmark = pytest.mark.postgres
+
+S = PluginState
+ACTOR = "pg-tests"
+DSN = os.environ.get("PLUGIN_POOL_TEST_DSN") or "postgresql://postgres@127.0.0.1:5432/test"
+LATEST = [name for _, name, _ in list_migrations()]
+
+
+def info(plugin_id: str = "scanner", version: str = "1.0.0") -> PluginInfo:
+    return PluginInfo(id=plugin_id, name=plugin_id.title(), version=version, trust_level=TrustLevel.TRUSTED)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def run_in_threads(n: int, work: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
+    barrier = threading.Barrier(n, timeout=10)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def target(i: int) -> None:
+        try:
+            barrier.wait()
+            result = work(i)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+        else:
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    return results, errors
+
+
+# -- fixtures -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> str:
+    """The test server's DSN; a missing server fails under CI and skips otherwise."""
+    try:
+        with psycopg.connect(DSN, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI (PLUGIN_POOL_TEST_DSN={DSN}): {exc}")
+        pytest.skip(f"no PostgreSQL server at {DSN}: {exc}")
+    return DSN
+
+
+@pytest.fixture
+def schema(server: str) -> Iterator[str]:
+    """A unique, empty schema name; the schema (if created) is dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield name
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def open_registry(server: str, schema: str) -> Iterator[Callable[..., PostgresPluginRegistry]]:
+    """``open_registry(dsn=..., **options)``: a registry on the test schema (migrated); all closed afterwards."""
+    opened: list[PostgresPluginRegistry] = []
+    migrate(server, schema)
+
+    def make(dsn: str = server, **options: Any) -> PostgresPluginRegistry:
+        registry = PostgresPluginRegistry(dsn, schema=schema, **options)
+        opened.append(registry)
+        return registry
+
+    yield make
+    for registry in reversed(opened):
+        registry.close()
+    assert not [t.name for t in threading.enumerate() if t.name.endswith(f"-{schema}")]
+
+
+def count(server: str, schema: str, table: str) -> int:
+    with psycopg.connect(server) as conn:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+class Proxy:
+    """A TCP proxy thread on 127.0.0.1 in front of the server. ``cut()`` closes every connection and refuses
+    new ones (the port stays reserved); ``restore()`` accepts again on the same port."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        listener.settimeout(0.05)
+        self.port = listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._listener = listener
+        self._spawn(self._accept, listener, self._stop)
+
+    def cut(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(5)
+        assert not any(t.is_alive() for t in self._threads)
+        self._threads = []
+
+    def dsn(self, base: str) -> str:
+        return make_conninfo(base, host="127.0.0.1", port=str(self.port))
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name="test-proxy")
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if stop.is_set():  # cut while connecting
+                    client.close()
+                    server.close()
+                    return
+                self._conns += [client, server]
+            self._spawn(self._pump, client, server, stop)
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket, stop: threading.Event) -> None:
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(a, selectors.EVENT_READ, b)
+                selector.register(b, selectors.EVENT_READ, a)
+                while not stop.is_set():
+                    for key, _ in selector.select(0.05):
+                        try:
+                            data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                            if not data:
+                                return
+                            key.data.sendall(data)
+                        except OSError:
+                            return
+        finally:
+            a.close()
+            b.close()
+
+
+@pytest.fixture
+def proxy(server: str) -> Iterator[Proxy]:
+    params = conninfo_to_dict(server)
+    opened = Proxy((str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)))
+    yield opened
+    opened.cut()
+
+
+# -- migrations ---------------------------------------------------------------------------------------------
+
+
+def test_migrate_from_empty_creates_the_tables_and_records_the_version(server: str, schema: str) -> None:
+    assert migrate(server, schema) == LATEST
+    with psycopg.connect(server) as conn:
+        tables = {
+            row[0]
+            for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema]
+            )
+        }
+        versions = conn.execute(
+            sql.SQL("SELECT version, name FROM {} ORDER BY version").format(sql.Identifier(schema, "schema_version"))
+        ).fetchall()
+    assert tables == {"plugins", "plugin_versions", "plugin_capabilities", "audit_events", "schema_version"}
+    assert [name for _, name in versions] == LATEST
+
+
+def test_migrating_again_is_a_no_op(server: str, schema: str) -> None:
+    migrate(server, schema)
+    assert migrate(server, schema) == []
+    assert count(server, schema, "schema_version") == len(LATEST)
+
+
+def test_hosts_migrating_at_once_apply_each_migration_once(server: str, schema: str) -> None:
+    results, errors = run_in_threads(6, lambda i: migrate(server, schema))
+    assert errors == []
+    assert sorted(results) == [[]] * 5 + [LATEST]
+    assert count(server, schema, "schema_version") == len(LATEST)
+
+
+def test_open_refuses_an_unmigrated_schema_and_migrates_when_asked(server: str, schema: str) -> None:
+    with pytest.raises(RegistryError, match=r"plugin-pool registry migrate"):
+        PostgresPluginRegistry(server, schema=schema)
+    with PostgresPluginRegistry(server, schema=schema, migrate=True) as registry:
+        registry.register(info(), Capabilities.of("scan"), actor=ACTOR)
+        assert registry.get_plugin("scanner").status is S.DISCOVERED
+
+
+def test_unreachable_database_at_open_names_host_and_port() -> None:
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/test"
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailableError, match=rf"host 127\.0\.0\.1 port {port}") as caught:
+        PostgresPluginRegistry(dsn, timeout_s=1.0)
+    assert (caught.value.host, caught.value.port) == ("127.0.0.1", str(port))
+    assert time.monotonic() - started < 5
+    with pytest.raises(RegistryUnavailableError, match=rf"port {port}"):
+        migrate(dsn, "anything", timeout_s=1.0)
+
+
+# -- several hosts on one database ----------------------------------------------------------------------------
+
+
+def test_two_hosts_registering_the_same_plugin_at_once_make_one_row(
+    open_registry: Callable[..., PostgresPluginRegistry], server: str, schema: str
+) -> None:
+    hosts = [open_registry(), open_registry()]
+    caps = Capabilities.of("scan", "connect", "evaluate_policy")
+
+    results, errors = run_in_threads(
+        8, lambda i: hosts[i % 2].register(info(), caps, actor=f"host-{i % 2}", assembly_hash="sha256:aa")
+    )
+
+    assert errors == []
+    assert {r.status for r in results} == {S.DISCOVERED}
+    assert len({r.registered_at for r in results}) == 1
+    assert (count(server, schema, "plugins"), count(server, schema, "plugin_versions")) == (1, 1)
+    assert count(server, schema, "plugin_capabilities") == 3
+    assert [e.event for e in hosts[1].list_events()] == [EventKind.REGISTERED]
+
+
+def test_compare_and_set_conflict_between_two_hosts(open_registry: Callable[..., PostgresPluginRegistry]) -> None:
+    first, second = open_registry(), open_registry()
+    first.register(info(), Capabilities.of("scan"), actor="host-1")
+    second.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor="host-2")
+
+    with pytest.raises(RegistryConflictError) as caught:
+        first.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor="host-1")
+
+    assert (caught.value.expected, caught.value.actual) == (S.DISCOVERED, S.LOADING)
+    assert [e.actor for e in first.list_events(event=EventKind.LOADING)] == ["host-2"]
+
+
+def test_a_host_learns_of_another_hosts_status_changes(open_registry: Callable[..., PostgresPluginRegistry]) -> None:
+    operator, host = open_registry(), open_registry()
+    operator.register(info(), Capabilities.of("scan"), actor="operator")
+    seen: list[tuple[str, PluginState]] = []
+    arrived = threading.Event()
+
+    def on_change(plugin_id: str, status: PluginState) -> None:
+        seen.append((plugin_id, status))
+        arrived.set()
+
+    unsubscribe = host.subscribe(on_change)
+    host.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor="host")  # its own change: not reported
+    operator.set_status("scanner", S.FAILED, expected=S.LOADING, actor="operator", reason="disabled")
+
+    assert arrived.wait(5)
+    time.sleep(0.2)  # a report of the host's own change would have arrived by now
+    assert seen == [("scanner", S.FAILED)]
+
+    unsubscribe()
+    unsubscribe()
+    assert not [t for t in threading.enumerate() if t.name.startswith("plugin-pool-registry-listen-")]
+    operator.set_status("scanner", S.LOADING, expected=S.FAILED, actor="operator")
+    time.sleep(0.2)
+    assert seen == [("scanner", S.FAILED)]
+
+
+# -- outages --------------------------------------------------------------------------------------------------
+
+
+def test_writes_during_an_outage_are_buffered_and_flushed_in_order(
+    open_registry: Callable[..., PostgresPluginRegistry], proxy: Proxy, server: str
+) -> None:
+    registry = open_registry(proxy.dsn(server), timeout_s=1.0, retry_max_s=0.2)
+    direct = open_registry()
+    registry.register(info(), Capabilities.of("scan"), actor=ACTOR)
+    registry.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor=ACTOR)
+
+    proxy.cut()
+    during = registry.set_status("scanner", S.INITIALIZING, expected=S.LOADING, actor=ACTOR, reason="offline")
+    assert (during.status, during.status_reason) == (S.INITIALIZING, "offline")
+    for n in range(3):
+        event = registry.record_event(EventKind.CAPABILITY_DENIED, plugin_id="scanner", actor=ACTOR, details={"n": n})
+        assert event.id == 0
+    registry.record_event(EventKind.FAILED, plugin_id="never-registered", actor=ACTOR)
+    registry.set_status("scanner", S.ACTIVE, expected=S.INITIALIZING, actor=ACTOR)
+    assert (registry.pending_writes, registry.is_available) == (6, False)
+    with pytest.raises(RegistryUnavailableError, match=rf"port {proxy.port}"):
+        registry.get_plugin("scanner")
+    with pytest.raises(RegistryUnavailableError):
+        registry.register(info("other"), Capabilities(), actor=ACTOR)
+    assert direct.get_plugin("scanner").status is S.LOADING  # nothing written yet
+
+    proxy.restore()
+    wait_for(lambda: registry.pending_writes == 0)
+
+    assert (registry.is_available, registry.flushed_writes, registry.dropped_writes) == (True, 6, 0)
+    assert direct.get_plugin("scanner").status is S.ACTIVE
+    assert registry.get_plugin("scanner").status is S.ACTIVE
+    events = direct.list_events()
+    assert [(e.plugin_id, e.event) for e in events[2:]] == [
+        ("scanner", EventKind.INITIALIZING),
+        ("scanner", EventKind.CAPABILITY_DENIED),
+        ("scanner", EventKind.CAPABILITY_DENIED),
+        ("scanner", EventKind.CAPABILITY_DENIED),
+        ("never-registered", EventKind.FAILED),
+        ("scanner", EventKind.ACTIVATED),
+    ]
+    assert [e.details.get("n") for e in events[3:6]] == [0, 1, 2]
+    assert dict(events[2].details) == {"from": "loading", "reason": "offline"}
+    assert [e.at for e in events] == sorted(e.at for e in events)  # times of the calls, not of the flush
+
+
+def test_outage_buffer_overflow_is_counted_and_logged(
+    open_registry: Callable[..., PostgresPluginRegistry],
+    proxy: Proxy,
+    server: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = open_registry(proxy.dsn(server), timeout_s=1.0, retry_max_s=0.2, buffer_limit=2)
+    direct = open_registry()
+    proxy.cut()
+    with caplog.at_level(logging.ERROR, logger="plugin_pool.registry"):
+        for n in range(5):
+            registry.record_event(EventKind.WORKER_RESTARTED, plugin_id=None, actor=ACTOR, details={"n": n})
+    assert (registry.pending_writes, registry.dropped_writes) == (2, 3)
+    assert "outage buffer is full" in caplog.text
+
+    proxy.restore()
+    wait_for(lambda: registry.pending_writes == 0)
+    assert [e.details["n"] for e in direct.list_events()] == [0, 1]
+
+
+def test_a_buffered_change_another_host_overtook_is_refused_and_counted(
+    open_registry: Callable[..., PostgresPluginRegistry], proxy: Proxy, server: str
+) -> None:
+    registry = open_registry(proxy.dsn(server), timeout_s=1.0, retry_max_s=0.2)
+    operator = open_registry()
+    registry.register(info(), Capabilities.of("scan"), actor=ACTOR)
+    proxy.cut()
+    registry.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor=ACTOR)
+    operator.set_status("scanner", S.FAILED, expected=S.DISCOVERED, actor="operator", reason="disabled")
+
+    proxy.restore()
+    wait_for(lambda: registry.pending_writes == 0)
+
+    assert registry.conflicted_writes == 1
+    assert registry.get_plugin("scanner").status is S.FAILED
+
+
+# -- bad input ------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_rejected_before_any_sql(server: str) -> None:
+    # Not opened: anything that reached the database would fail with "not open yet" instead.
+    registry = PostgresPluginRegistry(server, schema="never_created", open=False)
+    overlong = PluginInfo(id="a" * 63, name="A", version="1", trust_level="trusted")
+    object.__setattr__(overlong, "id", "a" * 64)
+    unknown_level = PluginInfo(id="scanner", name="A", version="1", trust_level="trusted")
+    object.__setattr__(unknown_level, "trust_level", "superuser")
+
+    with pytest.raises(RegistryError, match=r"plugin id 'a{64}' is invalid"):
+        registry.register(overlong, Capabilities(), actor=ACTOR)
+    with pytest.raises(RegistryError, match="unknown trust level 'superuser'"):
+        registry.register(unknown_level, Capabilities(), actor=ACTOR)
+    with pytest.raises(RegistryError, match="configuration of plugin 'scanner' is not valid JSON"):
+        registry.register(info(), Capabilities(), actor=ACTOR, config={"handler": object()})
+    with pytest.raises(RegistryError, match="assembly_hash"):
+        registry.register(info(), Capabilities(), actor=ACTOR, assembly_hash="x" * 201)
+    with pytest.raises(RegistryError, match="unknown plugin state 'bogus'"):
+        registry.set_status("scanner", "bogus", expected=None, actor=ACTOR)  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match="audit event plugin id"):
+        registry.record_event(EventKind.FAILED, plugin_id="x" * 201, actor=ACTOR)
+    with pytest.raises(RegistryError, match="unknown trust level"):
+        registry.list_plugins(trust_level="root")  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match="not open yet"):
+        registry.register(info(), Capabilities(), actor=ACTOR)
+    with pytest.raises(RegistryError, match="schema name 'x; DROP TABLE t' is invalid"):
+        PostgresPluginRegistry(server, schema="x; DROP TABLE t", open=False)
+    with pytest.raises(RegistryError, match="schema name"):
+        migrate(server, "Robert'); DROP SCHEMA public CASCADE; --")
+    registry.close()
+    registry.close()
+
+
+def test_close_stops_every_thread_and_is_idempotent(open_registry: Callable[..., PostgresPluginRegistry]) -> None:
+    registry = open_registry()
+    registry.subscribe(lambda plugin_id, status: None)
+    registry.close()
+    registry.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("plugin-pool-registry-")]
+    with pytest.raises(RegistryError, match="already closed"):
+        registry.get_plugin("scanner")
