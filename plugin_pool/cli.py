@@ -373,6 +373,20 @@ def _cmd_discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 1 if result.errors else 0
 
 
+def _cmd_registry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from plugin_pool.registry.postgres import migrate
+
+    config = load_config(args.config, env=os.environ).registry
+    dsn = args.dsn or config.dsn
+    if not dsn:
+        raise ConfigError("registry migrate needs a DSN: --dsn, registry.dsn or PLUGIN_POOL_REGISTRY_DSN", key="--dsn")
+    applied = migrate(dsn, args.schema or config.schema, timeout_s=config.timeout_s)
+    out.write(
+        f"applied {len(applied)} migration(s): {', '.join(applied)}\n" if applied else "the schema is up to date\n"
+    )
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load_config(args.config, env=os.environ)
     with _build_host(config, args.plugin) as host:
@@ -597,6 +611,14 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--trusted-key", action="append", default=[], help="a trusted public key file or folder")
     disc.add_argument("--unsigned-trusted", choices=("reject", "downgrade"), help="policy for unsigned Trusted")
     disc.set_defaults(func=_cmd_discover)
+
+    reg = sub.add_parser("registry", help="manage the PostgreSQL registry")
+    reg_sub = reg.add_subparsers(dest="action", required=True)
+    mig = reg_sub.add_parser("migrate", help="apply pending schema migrations (safe to run from several hosts)")
+    mig.add_argument("config", nargs="?", help="configuration file (TOML) with [registry]")
+    mig.add_argument("--dsn", help="PostgreSQL connection string (default: registry.dsn)")
+    mig.add_argument("--schema", help="schema name (default: registry.schema)")
+    reg.set_defaults(func=_cmd_registry)
 
     cfg = sub.add_parser("config", help="check a configuration file, or list every setting")
     cfg_sub = cfg.add_subparsers(dest="action", required=True)

@@ -27,6 +27,7 @@ __all__ = [
     "HostConfig",
     "LifecycleConfig",
     "PluginSettings",
+    "RegistryConfig",
     "SandboxConfig",
     "TrustConfig",
     "WorkloadConfig",
@@ -162,6 +163,23 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    """Where the plugin catalog and the audit trail live (TOML section ``[registry]``)."""
+
+    backend: str = _setting("memory", "'memory' (this process only) or 'postgres' (shared by several hosts)")
+    dsn: str | None = _setting(None, "PostgreSQL connection string, e.g. postgresql://user@db:5432/plugins")
+    schema: str = _setting("plugin_pool", "PostgreSQL schema holding the registry's tables")
+    pool_min_size: int = _setting(1, "connections the registry keeps open", unit="connections", minimum=1)
+    pool_max_size: int = _setting(4, "connections the registry may open", unit="connections", minimum=1)
+    timeout_s: float = _setting(5.0, "time to get a connection or run a query", unit="s", minimum=0.1)
+    buffer_limit: int = _setting(
+        10_000, "audit events and status changes kept while the database is unreachable", unit="writes", minimum=1
+    )
+    retry_max_s: float = _setting(5.0, "longest wait between reconnection attempts", unit="s", minimum=0.1)
+    migrate_on_start: bool = _setting(False, "apply pending schema migrations when the host starts")
+
+
+@dataclass(frozen=True, slots=True)
 class TrustConfig:
     """Which signatures make a folder plugin Trusted (TOML section ``[trust]``).
 
@@ -207,6 +225,7 @@ class Config:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     plugins: Mapping[str, PluginSettings] = field(default_factory=lambda: MappingProxyType({}))
     source: str | None = None
     """The file the configuration was read from, if any (used in error messages)."""
@@ -220,6 +239,7 @@ _SECTIONS: Mapping[str, type[Any]] = MappingProxyType(
         "workload": WorkloadConfig,
         "discovery": DiscoveryConfig,
         "trust": TrustConfig,
+        "registry": RegistryConfig,
     }
 )
 _PATH_SETTINGS = (("discovery", "paths"), ("trust", "trusted_keys"))

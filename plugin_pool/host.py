@@ -63,7 +63,7 @@ from plugin_pool.manifest import Manifest, read_manifest
 from plugin_pool.metrics import HostMetrics, PluginSample
 from plugin_pool.model import NETWORK_CAPABILITIES, Capabilities, Plugin, PluginInfo, TrustLevel, thaw_json
 from plugin_pool.registry.base import EventKind, PluginRegistry
-from plugin_pool.registry.memory import InMemoryPluginRegistry
+from plugin_pool.registry.factory import open_registry
 
 if TYPE_CHECKING:
     # The sandbox (and grpc with it) is imported only when the first Untrusted plugin starts, so a host
@@ -229,7 +229,9 @@ class PluginHost:
     ) -> None:
         self.config = config or Config()
         self._owns_registry = registry is None
-        self.registry: PluginRegistry = registry if registry is not None else InMemoryPluginRegistry()
+        # Without a registry passed in, the host opens the one [registry] names (in-memory by default) and
+        # closes it with itself.
+        self.registry: PluginRegistry = registry if registry is not None else open_registry(self.config.registry)
         self._actor = self.config.host.actor
         self._services: dict[str, Any] = dict(services or {})
         self._lock = threading.RLock()

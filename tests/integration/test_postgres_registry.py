@@ -8,6 +8,7 @@ and restores on the same port.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import selectors
@@ -23,7 +24,19 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from plugin_pool import Capabilities, PluginInfo, PluginState, RegistryConflictError, RegistryError, TrustLevel
+from plugin_pool import (
+    Capabilities,
+    PluginBase,
+    PluginHost,
+    PluginInfo,
+    PluginState,
+    RegistryConflictError,
+    RegistryError,
+    TrustLevel,
+    capability,
+    load_config,
+)
+from plugin_pool.cli import main
 from plugin_pool.registry import EventKind
 from plugin_pool.registry.postgres import (
     PostgresPluginRegistry,
@@ -462,3 +475,47 @@ def test_close_stops_every_thread_and_is_idempotent(open_registry: Callable[...,
     assert not [t for t in threading.enumerate() if t.name.startswith("plugin-pool-registry-")]
     with pytest.raises(RegistryError, match="already closed"):
         registry.get_plugin("scanner")
+
+
+# -- wired through configuration: the host and the CLI ------------------------------------------------------
+
+
+def test_a_host_configured_with_registry_postgres_records_its_lifecycle_there(server: str, schema: str) -> None:
+    out = io.StringIO()
+    assert main(["--log-format", "none", "registry", "migrate", "--dsn", server, "--schema", schema], out=out) == 0
+    assert "applied 1 migration" in out.getvalue()
+    out = io.StringIO()
+    assert main(["--log-format", "none", "registry", "migrate", "--dsn", server, "--schema", schema], out=out) == 0
+    assert out.getvalue() == "the schema is up to date\n"
+
+    config = load_config(
+        env={
+            "PLUGIN_POOL_REGISTRY_BACKEND": "postgres",
+            "PLUGIN_POOL_REGISTRY_DSN": server,
+            "PLUGIN_POOL_REGISTRY_SCHEMA": schema,
+        }
+    )
+    host = PluginHost(config)
+    assert isinstance(host.registry, PostgresPluginRegistry)
+    with host:
+        host.add_plugin(_Echo())
+        host.start_plugins()
+        assert host.invoke("pg-echo", "scan", 3) == 3
+    with PostgresPluginRegistry(server, schema=schema) as reader:
+        assert reader.get_plugin("pg-echo").status is PluginState.STOPPED
+        assert [e.event.value for e in reader.list_events(plugin_id="pg-echo")] == [
+            "registered",
+            "loading",
+            "initializing",
+            "activated",
+            "stopping",
+            "shutdown",
+        ]
+
+
+class _Echo(PluginBase):
+    info = PluginInfo(id="pg-echo", name="Echo", version="1.0.0", trust_level=TrustLevel.BUILTIN)
+
+    @capability
+    def scan(self, payload: Any) -> Any:
+        return payload
