@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from plugin_pool._steps import StepRunner, StepTimeout
@@ -30,6 +30,8 @@ class CallStatsSnapshot:
     total_ms: float
     max_ms: float
     last_error: str | None
+    by_capability: Mapping[str, tuple[int, int, float]] = field(default_factory=dict)
+    """capability -> (calls, errors, total ms)."""
 
     @property
     def mean_ms(self) -> float:
@@ -40,7 +42,7 @@ class CallStatsSnapshot:
 class CallStats:
     """Thread-safe call counters for one plugin. ``record`` takes one uncontended lock (about 0.1 µs)."""
 
-    __slots__ = ("_lock", "calls", "errors", "last_error", "max_ns", "total_ns")
+    __slots__ = ("_by_capability", "_lock", "calls", "errors", "last_error", "max_ns", "total_ns")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -49,14 +51,21 @@ class CallStats:
         self.total_ns = 0
         self.max_ns = 0
         self.last_error: str | None = None
+        # capability -> [calls, errors, total ns]; only declared capabilities reach a route, so it is bounded.
+        self._by_capability: dict[str, list[int]] = {}
 
-    def record(self, elapsed_ns: int) -> None:
+    def record(self, elapsed_ns: int, capability: str) -> None:
         """Count one successful call."""
         with self._lock:
             self.calls += 1
             self.total_ns += elapsed_ns
             if elapsed_ns > self.max_ns:
                 self.max_ns = elapsed_ns
+            per = self._by_capability.get(capability)
+            if per is None:
+                per = self._by_capability[capability] = [0, 0, 0]
+            per[0] += 1
+            per[2] += elapsed_ns
 
     def record_error(self, elapsed_ns: int, capability: str, exc: BaseException) -> None:
         """Count one failed call and remember what it raised."""
@@ -66,12 +75,23 @@ class CallStats:
             self.total_ns += elapsed_ns
             if elapsed_ns > self.max_ns:
                 self.max_ns = elapsed_ns
+            per = self._by_capability.setdefault(capability, [0, 0, 0])
+            per[0] += 1
+            per[1] += 1
+            per[2] += elapsed_ns
             self.last_error = f"{capability}: {type(exc).__name__}: {exc}"[:500]
 
     def snapshot(self) -> CallStatsSnapshot:
         """A consistent copy of the counters."""
         with self._lock:
-            return CallStatsSnapshot(self.calls, self.errors, self.total_ns / 1e6, self.max_ns / 1e6, self.last_error)
+            return CallStatsSnapshot(
+                self.calls,
+                self.errors,
+                self.total_ns / 1e6,
+                self.max_ns / 1e6,
+                self.last_error,
+                {name: (c, e, t / 1e6) for name, (c, e, t) in self._by_capability.items()},
+            )
 
 
 def monitored_route(method: Route, stats: CallStats, capability: str) -> Route:
@@ -87,7 +107,7 @@ def monitored_route(method: Route, stats: CallStats, capability: str) -> Route:
         except BaseException as exc:
             record_error(clock() - started, capability, exc)
             raise
-        record(clock() - started)
+        record(clock() - started, capability)
         return result
 
     return call

@@ -1097,9 +1097,12 @@ class PluginHost:
                     plugin_id=slot.info.id,
                     trust_level=slot.info.trust_level,
                     active=slot.state is PluginState.ACTIVE,
-                    calls=stats.calls if stats is not None else None,
-                    errors=stats.errors if stats is not None else 0,
-                    total_s=stats.total_ms / 1000.0 if stats is not None else 0.0,
+                    calls=tuple(
+                        (name, count, errors, total_ms / 1000.0)
+                        for name, (count, errors, total_ms) in sorted(stats.by_capability.items())
+                    )
+                    if stats is not None
+                    else None,
                     workers_busy=workers.busy if workers is not None else None,
                     workers_idle=workers.idle if workers is not None else 0,
                     waiting=workers.waiting if workers is not None else 0,

@@ -44,10 +44,9 @@ class PluginSample:
     plugin_id: str
     trust_level: TrustLevel
     active: bool
-    calls: int | None = None
-    """Monitored calls (Trusted, Untrusted, BuiltIn with monitor_builtin); None when not monitored."""
-    errors: int = 0
-    total_s: float = 0.0
+    calls: tuple[tuple[str, int, int, float], ...] | None = None
+    """Monitored calls per capability: (capability, calls, errors, total seconds); None when the plugin's
+    calls are not monitored (BuiltIn unless host.monitor_builtin)."""
     workers_busy: int | None = None
     """Sandboxed plugins with workers: busy and idle workers, waiting calls, the pool's bounds."""
     workers_idle: int = 0
@@ -74,10 +73,10 @@ class HostCollector(Collector):
         for s in self._samples():
             if s.active:
                 per_level[s.trust_level] += 1
-            if s.calls is not None:
-                calls.add_metric([s.plugin_id, "ok"], s.calls - s.errors)
-                calls.add_metric([s.plugin_id, "error"], s.errors)
-                duration.add_metric([s.plugin_id], s.calls, s.total_s)
+            for capability, count, errors, total_s in s.calls or ():
+                calls.add_metric([s.plugin_id, capability, "ok"], count - errors)
+                calls.add_metric([s.plugin_id, capability, "error"], errors)
+                duration.add_metric([s.plugin_id, capability], count, total_s)
             if s.workers_busy is not None:
                 workers.add_metric([s.plugin_id, "busy"], s.workers_busy)
                 workers.add_metric([s.plugin_id, "idle"], s.workers_idle)
@@ -101,12 +100,14 @@ class HostCollector(Collector):
             GaugeMetricFamily("plugin_active_count", "Active plugins by trust level", labels=["trust_level"]),
             CounterMetricFamily(
                 "plugin_calls",
-                "Monitored calls by plugin and outcome (ok, error); BuiltIn calls are not monitored unless "
-                "host.monitor_builtin is set",
-                labels=["plugin_id", "outcome"],
+                "Monitored calls by plugin, capability and outcome (ok, error); BuiltIn calls are not monitored "
+                "unless host.monitor_builtin is set",
+                labels=["plugin_id", "capability", "outcome"],
             ),
             SummaryMetricFamily(
-                "plugin_call_duration_seconds", "Time spent in monitored calls, by plugin", labels=["plugin_id"]
+                "plugin_call_duration_seconds",
+                "Time spent in monitored calls, by plugin and capability",
+                labels=["plugin_id", "capability"],
             ),
             GaugeMetricFamily(
                 "sandbox_workers",

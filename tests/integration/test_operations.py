@@ -112,11 +112,13 @@ def test_scripted_scenario_exact_metrics_audit_events_and_json_logs(
         level.value: sample(host, "plugin_load_duration_ms_count", trust_level=level.value) for level in TrustLevel
     }
     assert loads == {"builtin": 1.0, "trusted": 1.0, "untrusted": 2.0}
-    assert sample(host, "plugin_calls_total", plugin_id="keyword-policy", outcome="ok") == 3.0
-    assert sample(host, "plugin_calls_total", plugin_id="alpha", outcome="ok") == 8.0
-    assert sample(host, "plugin_calls_total", plugin_id="alpha", outcome="error") == 0.0
-    assert sample(host, "plugin_calls_total", plugin_id="beta", outcome="ok") == 3.0
-    assert sample(host, "plugin_calls_total", plugin_id="hello-world", outcome="ok") is None  # BuiltIn: bare
+    assert sample(host, "plugin_calls_total", plugin_id="keyword-policy", capability="scan", outcome="ok") == 3.0
+    assert sample(host, "plugin_calls_total", plugin_id="alpha", capability="echo", outcome="ok") == 8.0
+    assert sample(host, "plugin_calls_total", plugin_id="alpha", capability="echo", outcome="error") == 0.0
+    assert sample(host, "plugin_calls_total", plugin_id="beta", capability="echo", outcome="ok") == 3.0
+    assert (
+        sample(host, "plugin_calls_total", plugin_id="hello-world", capability="scan", outcome="ok") is None
+    )  # BuiltIn: bare
     assert sample(host, "sandbox_workers", plugin_id="alpha", state="idle") == 2.0
     assert sample(host, "sandbox_workers", plugin_id="alpha", state="busy") == 0.0
     assert sample(host, "sandbox_queue_waiting", plugin_id="alpha") == 0.0

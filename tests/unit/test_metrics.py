@@ -126,12 +126,14 @@ def test_monitored_calls_are_read_at_scrape_time_and_builtin_routes_stay_bare(ho
     for n in range(2):
         with pytest.raises(Exception, match="cannot scan"):
             host.invoke("policy", "fail", n)
-    assert sample(host, "plugin_calls_total", plugin_id="policy", outcome="ok") == 5.0
-    assert sample(host, "plugin_calls_total", plugin_id="policy", outcome="error") == 2.0
-    assert sample(host, "plugin_call_duration_seconds_count", plugin_id="policy") == 7.0
-    assert (sample(host, "plugin_call_duration_seconds_sum", plugin_id="policy") or 0.0) > 0.0
+    assert sample(host, "plugin_calls_total", plugin_id="policy", capability="scan", outcome="ok") == 5.0
+    assert sample(host, "plugin_calls_total", plugin_id="policy", capability="fail", outcome="error") == 2.0
+    assert sample(host, "plugin_calls_total", plugin_id="policy", capability="scan", outcome="error") == 0.0
+    assert sample(host, "plugin_call_duration_seconds_count", plugin_id="policy", capability="scan") == 5.0
+    assert sample(host, "plugin_call_duration_seconds_count", plugin_id="policy", capability="fail") == 2.0
+    assert (sample(host, "plugin_call_duration_seconds_sum", plugin_id="policy", capability="scan") or 0.0) > 0.0
     # BuiltIn: no wrapper, so nothing to read and no series (the route is the bound method itself).
-    assert sample(host, "plugin_calls_total", plugin_id="fast", outcome="ok") is None
+    assert sample(host, "plugin_calls_total", plugin_id="fast", capability="scan", outcome="ok") is None
     assert host._routes["fast"]["scan"] == fast.scan
 
 
@@ -140,7 +142,7 @@ def test_monitor_builtin_makes_builtin_calls_visible(make_host: Callable[..., Pl
     host.add_plugin(Recorder("fast"))
     host.start_plugins()
     host.invoke("fast", "scan", 1)
-    assert sample(host, "plugin_calls_total", plugin_id="fast", outcome="ok") == 1.0
+    assert sample(host, "plugin_calls_total", plugin_id="fast", capability="scan", outcome="ok") == 1.0
 
 
 TRUSTED_MODULE = """\
