@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
@@ -26,6 +27,7 @@ from plugin_pool.discovery import Discovery, format_discovery_report
 from plugin_pool.errors import ConfigError, PluginPoolError
 from plugin_pool.host import HostHealth, PluginHost
 from plugin_pool.logs import configure_json_logging
+from plugin_pool.registry.factory import open_registry
 
 __all__ = ["format_settings_doc", "main", "reload_pool_sizes"]
 
@@ -108,13 +110,67 @@ def _build_host(config: Config, entries: Sequence[str], plugin_dirs: Sequence[st
     return host
 
 
-def _print_health(health: HostHealth, out: TextIO) -> None:
-    rows = [("PLUGIN", "TRUST", "STATE", "CAPABILITIES", "REASON")]
-    for p in health.plugins:
-        rows.append((p.plugin_id, p.trust_level.value, p.state.value, ",".join(p.capabilities) or "-", p.reason or ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+def _print_table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
+    """Columns padded to their widest cell; the last column is free text."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4] + "\n")
+        out.write(
+            ("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]).rstrip() + "\n"
+        )
+
+
+def _print_health(health: HostHealth, out: TextIO) -> None:
+    rows = [("PLUGIN", "TRUST", "STATE", "CAPABILITIES", "WORKERS", "RESTARTS", "REASON / LAST ERROR")]
+    for p in health.plugins:
+        workers = f"{p.workers.workers} ({p.workers.busy} busy)" if p.workers is not None else "-"
+        restarts = str(sum(p.workers.restarts.values())) if p.workers is not None else "-"
+        last_error = p.stats.last_error if p.stats is not None else None
+        rows.append(
+            (
+                p.plugin_id,
+                p.trust_level.value,
+                p.state.value,
+                ",".join(p.capabilities) or "-",
+                workers,
+                restarts,
+                p.reason or (f"last error: {last_error}" if last_error else ""),
+            )
+        )
+    _print_table(rows, out)
+
+
+def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """With a shared registry, what every host recorded there (nothing is loaded); else like ``list``."""
+    config = load_config(args.config, env=os.environ)
+    if config.registry.backend == "memory":
+        return _cmd_list(args, out, err)
+    with closing(open_registry(config.registry)) as registry:
+        records = registry.list_plugins()
+        if args.json:
+            out.write(
+                json.dumps(
+                    [
+                        {
+                            "plugin_id": r.id,
+                            "trust_level": r.trust_level.value,
+                            "state": r.status.value,
+                            "reason": r.status_reason,
+                            "updated_at": r.updated_at.isoformat(),
+                        }
+                        for r in records
+                    ],
+                    indent=2,
+                )
+                + "\n"
+            )
+        else:
+            rows = [("PLUGIN", "TRUST", "STATE", "UPDATED", "REASON")]
+            rows += [
+                (r.id, r.trust_level.value, r.status.value, f"{r.updated_at:%Y-%m-%d %H:%M:%S}", r.status_reason or "")
+                for r in records
+            ]
+            _print_table(rows, out)
+    return 1 if any(r.status.value == "failed" for r in records) else 0
 
 
 def _progress(done: list[int], total: int, stop: threading.Event, out: TextIO) -> None:
@@ -575,12 +631,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed or any call failed")
     run.set_defaults(func=_cmd_run)
 
-    for name in ("list", "status"):
-        cmd = sub.add_parser(name, help="load and start the configured plugins and show their states")
+    for name, func, text in (
+        ("list", _cmd_list, "load and start the configured plugins and show their states"),
+        (
+            "status",
+            _cmd_status,
+            "with [registry] backend = 'postgres': every plugin's state as the shared "
+            "registry holds it (nothing loaded); else like list",
+        ),
+    ):
+        cmd = sub.add_parser(name, help=text)
         cmd.add_argument("config", nargs="?", help="configuration file (TOML)")
         cmd.add_argument("--plugin", action="append", default=[], help=plugin_help)
         cmd.add_argument("--json", action="store_true", help="print JSON")
-        cmd.set_defaults(func=_cmd_list)
+        cmd.set_defaults(func=func)
 
     keygen = sub.add_parser("keygen", help="generate an Ed25519 key pair for signing plugin manifests")
     keygen.add_argument("--private", required=True, metavar="PATH", help="where to write the private key (0600)")

@@ -8,11 +8,13 @@ plugin, plugin not Active, undeclared capability) falls to the slow path, which 
 
 from __future__ import annotations
 
+import getpass
 import importlib.machinery
 import importlib.util
 import inspect
 import itertools
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -232,7 +234,10 @@ class PluginHost:
         # Without a registry passed in, the host opens the one [registry] names (in-memory by default) and
         # closes it with itself.
         self.registry: PluginRegistry = registry if registry is not None else open_registry(self.config.registry)
-        self._actor = self.config.host.actor
+        # The actor of the host's own audit events: its configured identity and the OS user it runs as.
+        self._actor = f"{self.config.host.actor}/{_os_user()}"
+        self._acting: str | None = None
+        """The actor an administrative call named (start_plugin/stop_plugin(actor=...)), while it runs."""
         self._services: dict[str, Any] = dict(services or {})
         self._lock = threading.RLock()
         self._slots: dict[str, _Slot] = {}
@@ -678,13 +683,26 @@ class PluginHost:
                 self.start_plugin(plugin_id)
         return self.get_health()
 
-    def start_plugin(self, plugin_id: str) -> PluginState:
+    @property
+    def actor(self) -> str:
+        """Who the host's own audit events name: ``<host.actor>/<OS user>``."""
+        return self._actor
+
+    def start_plugin(self, plugin_id: str, *, actor: str | None = None) -> PluginState:
         """Take one plugin through Loading and Initializing to Active; return the state it ends in.
 
-        Failures do not raise: the plugin goes to Failed with the reason (see get_health). Raises
-        PluginNotFoundError for an unknown id and HostClosedError when the host is not open.
+        ``actor`` names who asked (an operator's administrative action); the audit events record it
+        instead of the host's own identity. Failures do not raise: the plugin goes to Failed with the
+        reason (see get_health). Raises PluginNotFoundError for an unknown id and HostClosedError when
+        the host is not open.
         """
         with self._lock:
+            if actor is not None:
+                previous, self._acting = self._acting, actor
+                try:
+                    return self.start_plugin(plugin_id)
+                finally:
+                    self._acting = previous
             self._check_open()
             slot = self._get_slot(plugin_id)
             if slot.state is PluginState.ACTIVE:
@@ -717,12 +735,19 @@ class PluginHost:
         _log.info("plugin active", extra=self._log_fields(slot, "plugin_active"))
         return slot.state
 
-    def stop_plugin(self, plugin_id: str, *, reason: str = "stop requested") -> PluginState:
+    def stop_plugin(self, plugin_id: str, *, reason: str = "stop requested", actor: str | None = None) -> PluginState:
         """Stop one Active plugin (Stopping, then Stopped, or Failed if stop raises or hangs).
 
-        No-op for a plugin that is not Active. Returns the state it ends in. Blocks up to the stop timeout.
+        ``actor`` names who asked, for the audit trail (default: the host). No-op for a plugin that is not
+        Active. Returns the state it ends in. Blocks up to the stop timeout.
         """
         with self._lock:
+            if actor is not None:
+                previous, self._acting = self._acting, actor
+                try:
+                    return self.stop_plugin(plugin_id, reason=reason)
+                finally:
+                    self._acting = previous
             slot = self._get_slot(plugin_id)
             if slot.state is not PluginState.ACTIVE:
                 return slot.state
@@ -1129,7 +1154,7 @@ class PluginHost:
             slot.info.id,
             target,
             expected=slot.state,
-            actor=self._actor,
+            actor=self._acting or self._actor,
             reason=reason,
         )
         slot.state = target
@@ -1320,3 +1345,10 @@ def _int_or_none(value: float | None) -> int | None:
 
 def _json_bytes(config: Mapping[str, Any]) -> bytes:
     return orjson.dumps(thaw_json(config))
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER: the uid is still an identity
+        return f"uid {os.geteuid()}"

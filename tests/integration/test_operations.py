@@ -126,7 +126,8 @@ def test_scripted_scenario_exact_metrics_audit_events_and_json_logs(
 
     # -- the audit trail: exact events ------------------------------------------------------------------
     events = host.registry.list_events()
-    assert {e.actor for e in events} == {ACTOR}
+    assert {e.actor for e in events} == {host.actor}
+    assert host.actor.startswith(f"{ACTOR}/")  # the configured identity, then the OS user
     started = ["loading", "initializing", "activated"]
     expected = [
         *(

@@ -519,3 +519,18 @@ class _Echo(PluginBase):
     @capability
     def scan(self, payload: Any) -> Any:
         return payload
+
+
+def test_status_reads_the_shared_registry_without_loading_anything(server: str, schema: str, tmp_path: Any) -> None:
+    config_file = tmp_path / "plugin_pool.toml"
+    config_file.write_text(
+        f'[registry]\nbackend = "postgres"\ndsn = "{server}"\nschema = "{schema}"\nmigrate_on_start = true\n'
+    )
+    host = PluginHost(load_config(config_file))
+    with host:
+        host.add_plugin(_Echo())
+        host.start_plugins()
+        out = io.StringIO()
+        assert main(["--log-format", "none", "status", str(config_file)], out=out) == 0
+        line = next(line for line in out.getvalue().splitlines() if line.startswith("pg-echo"))
+        assert line.split()[:3] == ["pg-echo", "builtin", "active"]

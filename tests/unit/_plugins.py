@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import threading
 from typing import Any
 
 from plugin_pool import Capabilities, PluginBase, PluginContext, PluginInfo, TrustLevel, capability
 
 TEST_ACTOR = "unit-tests"
+HOST_ACTOR = f"{TEST_ACTOR}/{getpass.getuser()}"
+"""What a host configured with TEST_ACTOR records: its identity and the OS user it runs as."""
 """The actor the unit tests' hosts record in the audit trail."""
 
 Journal = list[tuple[str, str]]

@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _plugins import TEST_ACTOR, AsyncRecorder, Connector, HangsIn, Journal, RaisesIn, Recorder, WithoutMethod
+from _plugins import (
+    HOST_ACTOR,
+    TEST_ACTOR,
+    AsyncRecorder,
+    Connector,
+    HangsIn,
+    Journal,
+    RaisesIn,
+    Recorder,
+    WithoutMethod,
+)
 
 from plugin_pool import (
     CallTimeoutError,
@@ -316,7 +326,7 @@ def test_undeclared_capability_is_denied_and_audited(host: PluginHost) -> None:
         "plugin 'echo' did not declare capability 'step' (declared: scan, fail); the call was refused and audited"
     )
     (event,) = host.registry.list_events(event=EventKind.CAPABILITY_DENIED)
-    assert (event.plugin_id, event.actor, event.state) == ("echo", TEST_ACTOR, S.ACTIVE)
+    assert (event.plugin_id, event.actor, event.state) == ("echo", HOST_ACTOR, S.ACTIVE)
     assert dict(event.details) == {"capability": "step", "declared": ["scan", "fail"]}
     with pytest.raises(CapabilityDeniedError):
         host.invoke_many("echo", "delete", [1])
@@ -619,7 +629,7 @@ def test_every_transition_is_audited_in_order_with_the_configured_actor(host: Pl
         S.STOPPING,
         S.STOPPED,
     ]
-    assert {e.actor for e in events} == {TEST_ACTOR}
+    assert {e.actor for e in events} == {HOST_ACTOR}
     assert [e.details.get("from") for e in events[1:]] == [
         "discovered",
         "loading",
@@ -634,7 +644,7 @@ def test_failure_is_audited_with_its_reason(host: PluginHost) -> None:
     host.add_plugin(RaisesIn("broken", "initialize"))
     host.start_plugins()
     failed = host.registry.list_events(plugin_id="broken")[-1]
-    assert (failed.event, failed.state, failed.actor) == (EventKind.FAILED, S.FAILED, TEST_ACTOR)
+    assert (failed.event, failed.state, failed.actor) == (EventKind.FAILED, S.FAILED, HOST_ACTOR)
     assert dict(failed.details) == {
         "from": "initializing",
         "reason": "initialize raised RuntimeError: boom in initialize",
@@ -745,8 +755,28 @@ def test_add_configured_plugins_loads_entries_and_contains_failures(tmp_path: Pa
             "configuration says trusted; they must agree"
         )
         broken_events = host.registry.list_events(plugin_id="broken")
-        assert [(e.event, e.actor) for e in broken_events] == [(EventKind.FAILED, TEST_ACTOR)]
+        assert [(e.event, e.actor) for e in broken_events] == [(EventKind.FAILED, HOST_ACTOR)]
         assert broken_events[0].details["reason"] == failed["broken"]
         with pytest.raises(PluginNotActiveError, match="No module named"):
             host.invoke("broken", "scan")
         assert host.start_plugin("broken") is S.FAILED  # nothing to retry: the entry never loaded
+
+
+def test_the_host_audits_as_its_identity_and_os_user_and_an_operator_as_themselves(host: PluginHost) -> None:
+    host.add_plugin(Recorder("ops"))
+    host.start_plugin("ops", actor="alice")
+    host.stop_plugin("ops", actor="bob")
+    host.start_plugin("ops")
+    actors = [(e.event.value, e.actor) for e in host.registry.list_events(plugin_id="ops")]
+    assert host.actor == HOST_ACTOR
+    assert actors == [
+        ("registered", HOST_ACTOR),
+        ("loading", "alice"),
+        ("initializing", "alice"),
+        ("activated", "alice"),
+        ("stopping", "bob"),
+        ("shutdown", "bob"),
+        ("loading", HOST_ACTOR),
+        ("initializing", HOST_ACTOR),
+        ("activated", HOST_ACTOR),
+    ]
