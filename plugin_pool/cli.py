@@ -344,8 +344,9 @@ def reload_pool_sizes(host: PluginHost, path: str, err: TextIO) -> bool:
     """Read ``path`` again (with the environment) and apply its pool sizes to the running host; report on
     ``err``. A bad file changes nothing and is reported. Returns whether the sizes were applied."""
     try:
-        sandbox = load_config(path, env=os.environ).sandbox
-        sized = host.apply_pool_sizes(sandbox)
+        reloaded = load_config(path, env=os.environ)
+        sandbox = reloaded.sandbox
+        sized = host.apply_pool_sizes(sandbox, plugins=reloaded.plugins)
     except PluginPoolError as exc:
         err.write(f"[run] reload of {path} not applied: {exc}\n")
         return False

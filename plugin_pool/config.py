@@ -213,6 +213,12 @@ class PluginSettings:
     enabled: bool = _setting(True, "whether the plugin is loaded at all")
     config: Mapping[str, Any] = _setting({}, "the plugin's own configuration table")
     services: tuple[str, ...] = _setting((), "names of host services the plugin may use")
+    min_workers: int | None = _setting(
+        None, "sandbox workers this Untrusted plugin keeps running (wins over its manifest's [pool] and [sandbox])"
+    )
+    max_workers: int | None = _setting(
+        None, "sandbox workers this Untrusted plugin may grow to (wins over its manifest's [pool] and [sandbox])"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +394,19 @@ def _build_plugin(plugin_id: str, table: Any, source: str) -> PluginSettings:
         raise ConfigError(
             f"{key}.services in {source} must be a list of service names", key=f"{key}.services", source=source
         )
+    sizes: dict[str, int | None] = {}
+    for name in ("min_workers", "max_workers"):
+        value = table.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(
+                f"{key}.{name} = {value!r} in {source} is invalid: expected a whole number of workers, at least 1",
+                key=f"{key}.{name}",
+                source=source,
+            )
+        sizes[name] = value
     return PluginSettings(
+        min_workers=sizes["min_workers"],
+        max_workers=sizes["max_workers"],
         entry=entry,
         path=path,
         trust_level=trust_level,

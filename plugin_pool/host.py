@@ -420,7 +420,18 @@ class PluginHost:
         return PluginSettings(
             config=MappingProxyType(dict(config if config is not None else (configured.config if configured else {}))),
             services=tuple(services) if services else (configured.services if configured else ()),
+            min_workers=configured.min_workers if configured else None,
+            max_workers=configured.max_workers if configured else None,
         )
+
+    @staticmethod
+    def _pool_bounds(slot: _Slot, sandbox: SandboxConfig, settings: PluginSettings | None) -> tuple[int, int]:
+        """A sandboxed plugin's (min, max) workers: ``[plugins.<id>]`` wins over the manifest's [pool],
+        which wins over ``[sandbox]``."""
+        pool = slot.manifest.pool if slot.manifest is not None else {}
+        low = (settings.min_workers if settings else None) or pool.get("min_workers") or sandbox.min_workers
+        high = (settings.max_workers if settings else None) or pool.get("max_workers") or sandbox.max_workers
+        return int(low), max(int(low), int(high))
 
     # -- discovery ---------------------------------------------------------------------------------------
 
@@ -948,10 +959,9 @@ class PluginHost:
             cpu_time_s=_int_or_none(manifest.resources.get("cpu_time_s")),
             verify_staged_copy=self._staged_copy_check(slot),
         )
+        low, high = self._pool_bounds(slot, self.config.sandbox, self.config.plugins.get(slot.info.id) or slot.settings)
         try:
-            self._pool.start_plugin(
-                plan, min_workers=manifest.pool.get("min_workers"), max_workers=manifest.pool.get("max_workers")
-            )
+            self._pool.start_plugin(plan, min_workers=low, max_workers=high)
         except ContentHashMismatchError as exc:
             self._batch_routes.pop(slot.info.id, None)
             self._metrics.count_integrity_rejection(slot.info.id, "hash_mismatch")
@@ -1060,12 +1070,19 @@ class PluginHost:
         """
         self.apply_pool_sizes(replace(self.config.sandbox, max_total_workers=max_total_workers), resize=False)
 
-    def apply_pool_sizes(self, sandbox: SandboxConfig, *, resize: bool = True) -> dict[str, tuple[int, int]]:
+    def apply_pool_sizes(
+        self,
+        sandbox: SandboxConfig,
+        *,
+        resize: bool = True,
+        plugins: Mapping[str, PluginSettings] | None = None,
+    ) -> dict[str, tuple[int, int]]:
         """Apply the pool sizes of ``sandbox`` (e.g. a reloaded configuration file's) to the running host.
 
         ``max_total_workers`` and the default ``min_workers``/``max_workers`` take effect at once (for
         plugins started later too); with ``resize``, every Active sandboxed plugin is resized to its
-        manifest's [pool] bounds where it sets them, else to the new defaults. Other sandbox settings
+        bounds: ``plugins[<id>]`` (the reloaded file's ``[plugins.<id>]``; default: the host's own) wins
+        over its manifest's [pool], which wins over the new defaults. Other sandbox settings
         (limits that workers apply when they boot) are not changed. Returns the new bounds by plugin id.
         Safe to call any number of times; no call in flight fails. Raises ConfigError for invalid sizes
         (nothing is changed then).
@@ -1105,9 +1122,9 @@ class PluginHost:
             for slot in tuple(self._slots.values()):
                 if not slot.sandboxed or slot.state is not PluginState.ACTIVE or slot.manifest is None:
                     continue
-                low = int(slot.manifest.pool.get("min_workers") or sandbox.min_workers)
-                high = int(slot.manifest.pool.get("max_workers") or max(sandbox.max_workers, low))
-                sized[slot.info.id] = pool.resize_plugin(slot.info.id, min_workers=low, max_workers=max(low, high))
+                settings = (plugins if plugins is not None else self.config.plugins).get(slot.info.id) or slot.settings
+                low, high = self._pool_bounds(slot, sandbox, settings)
+                sized[slot.info.id] = pool.resize_plugin(slot.info.id, min_workers=low, max_workers=high)
         return sized
 
     def _list_metric_samples(self) -> list[PluginSample]:

@@ -358,3 +358,21 @@ def test_cli_run_serves_metrics_and_sighup_reloads_pool_sizes(tmp_path: Path, mo
     assert "reloaded 2..3" in err.getvalue()
     summary = json.loads(out.getvalue())
     assert {p["plugin_id"]: p["errors"] for p in summary["plugins"]} == {"gate": 0, "reloaded": 0}
+
+
+def test_per_plugin_pool_sizes_in_the_config_file_win_over_the_manifest(tmp_path: Path) -> None:
+    from plugin_pool import ConfigError, load_config
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    config_file = tmp_path / "plugin_pool.toml"
+    config_file.write_text(
+        f'[plugins.secrets-scanner]\npath = "{examples / "secrets_scanner"}"\nmin_workers = 2\nmax_workers = 3\n'
+    )
+    with PluginHost(load_config(config_file)) as host:  # the manifest says min 1, max 2
+        host.add_configured_plugins()
+        host.start_plugins()
+        stats = host.get_plugin_health("secrets-scanner").workers
+        assert stats is not None and (stats.workers, stats.min_workers, stats.max_workers) == (2, 2, 3)
+    config_file.write_text('[plugins.secrets-scanner]\npath = "x"\nmin_workers = 0\n')
+    with pytest.raises(ConfigError, match=r"plugins.secrets-scanner.min_workers = 0 .* at least 1"):
+        load_config(config_file)
