@@ -48,6 +48,7 @@ from plugin_pool.errors import (
     ConfigError,
     DuplicatePluginError,
     HostClosedError,
+    IllegalTransitionError,
     InvalidPluginError,
     LifecycleError,
     LifecycleTimeoutError,
@@ -55,6 +56,7 @@ from plugin_pool.errors import (
     PluginNotActiveError,
     PluginNotFoundError,
     PluginPoolError,
+    RegistryConflictError,
     RegistryError,
     RequiredPluginError,
     TrustViolationError,
@@ -646,17 +648,8 @@ class PluginHost:
         if record.status in (PluginState.STOPPED, PluginState.FAILED):
             # Known from an earlier run: its lifecycle goes on from there (Stopped/Failed -> Loading).
             slot.state = record.status
-        elif record.status is not PluginState.DISCOVERED:
-            # Left mid-lifecycle or Active by a host that is gone: this host has not started it, so the
-            # stored state is stale. Every such state may move to Failed, and Failed may be loaded again.
-            self.registry.set_status(
-                slot.info.id,
-                PluginState.FAILED,
-                expected=record.status,
-                actor=self._actor,
-                reason=f"stale state {record.status.value} from an earlier host run; reset before loading",
-            )
-            slot.state = PluginState.FAILED
+        # Any other stored state belongs to another host sharing the registry (or to one that is gone):
+        # this host's own lifecycle starts at Discovered, and _transition reconciles each move.
 
     def _add_failed_entry(self, plugin_id: str, settings: PluginSettings, exc: Exception) -> None:
         level = TrustLevel.parse(settings.trust_level or "trusted")
@@ -1167,13 +1160,29 @@ class PluginHost:
 
     def _transition(self, slot: _Slot, target: PluginState, reason: str) -> None:
         check_transition(slot.state, target, plugin_id=slot.info.id)
-        self.registry.set_status(
-            slot.info.id,
-            target,
-            expected=slot.state,
-            actor=self._acting or self._actor,
-            reason=reason,
-        )
+        actor = self._acting or self._actor
+        try:
+            self.registry.set_status(slot.info.id, target, expected=slot.state, actor=actor, reason=reason)
+        except (RegistryConflictError, IllegalTransitionError) as exc:
+            # The shared registry holds another state for this plugin: another host runs it too, or an
+            # operator changed it. This host's own lifecycle goes on (a plugin's state is per host); the
+            # move is still audited, with the state the registry holds.
+            held = exc.actual if isinstance(exc, RegistryConflictError) else exc.source
+            self.registry.record_event(
+                EventKind.for_state(target),
+                plugin_id=slot.info.id,
+                actor=actor,
+                state=target,
+                details={"from": slot.state.value, "reason": reason, "registry_state": held.value},
+            )
+            _log.warning(
+                "plugin %s: the shared registry holds state %s (another host or an operator); this host moves %s -> %s",
+                slot.info.id,
+                held.value,
+                slot.state.value,
+                target.value,
+                extra=self._log_fields(slot, "registry_state_differs"),
+            )
         slot.state = target
         slot.reason = reason if target is PluginState.FAILED else None
         if target is PluginState.FAILED:

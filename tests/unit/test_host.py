@@ -780,3 +780,40 @@ def test_the_host_audits_as_its_identity_and_os_user_and_an_operator_as_themselv
         ("initializing", HOST_ACTOR),
         ("activated", HOST_ACTOR),
     ]
+
+
+def test_two_hosts_sharing_a_registry_each_run_the_plugin_and_both_moves_are_audited() -> None:
+    from plugin_pool import InMemoryPluginRegistry, load_config
+
+    shared = InMemoryPluginRegistry()
+    first = PluginHost(load_config(overrides={"host": {"actor": "host-a"}}), registry=shared).open()
+    second = PluginHost(load_config(overrides={"host": {"actor": "host-b"}}), registry=shared).open()
+    try:
+        for host in (first, second):
+            host.add_plugin(Recorder("shared"))
+            assert host.start_plugin("shared") is S.ACTIVE
+        assert first.invoke("shared", "scan", 1)["payload"] == 1
+        assert second.invoke("shared", "scan", 2)["payload"] == 2
+        first.stop_plugin("shared")  # the registry holds host-b's ACTIVE: no conflict escapes, the move is audited
+        assert second.is_active("shared") and not first.is_active("shared")
+        second.stop_plugin("shared")
+    finally:
+        first.close()
+        second.close()
+    moves = [(e.actor.split("/")[0], e.event.value) for e in shared.list_events(plugin_id="shared")]
+    assert [m for m in moves if m[0] == "host-a"] == [
+        ("host-a", "registered"),
+        ("host-a", "loading"),
+        ("host-a", "initializing"),
+        ("host-a", "activated"),
+        ("host-a", "stopping"),
+        ("host-a", "shutdown"),
+    ]
+    assert [m for m in moves if m[0] == "host-b"] == [
+        ("host-b", "loading"),
+        ("host-b", "initializing"),
+        ("host-b", "activated"),
+        ("host-b", "stopping"),
+        ("host-b", "shutdown"),
+    ]
+    assert shared.get_plugin("shared").status is S.STOPPED
