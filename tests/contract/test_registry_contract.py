@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _concurrency import run_in_threads
 from packaging.version import Version
 
 from plugin_pool import (
@@ -445,32 +445,6 @@ def test_stored_config_is_a_copy(registry: PluginRegistry) -> None:
 
 
 # -- concurrency and close ----------------------------------------------------------------------------------
-
-
-def run_in_threads(n: int, work: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
-    barrier = threading.Barrier(n, timeout=10)
-    results: list[Any] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def target(i: int) -> None:
-        try:
-            barrier.wait()
-            result = work(i)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-        else:
-            with lock:
-                results.append(result)
-
-    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not any(thread.is_alive() for thread in threads)
-    return results, errors
 
 
 def test_concurrent_registration_of_one_version_makes_one_row(registry: PluginRegistry) -> None:

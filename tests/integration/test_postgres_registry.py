@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from _concurrency import run_in_threads
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -62,32 +63,6 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
-
-
-def run_in_threads(n: int, work: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
-    barrier = threading.Barrier(n, timeout=10)
-    results: list[Any] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def target(i: int) -> None:
-        try:
-            barrier.wait()
-            result = work(i)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-        else:
-            with lock:
-                results.append(result)
-
-    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not any(thread.is_alive() for thread in threads)
-    return results, errors
 
 
 # -- fixtures -----------------------------------------------------------------------------------------------
