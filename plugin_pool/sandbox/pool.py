@@ -162,28 +162,27 @@ class SandboxPool:
         high = max(low, max_workers or self.config.max_workers)
         # Workers load a private read-only copy: readable by their uid wherever the folder lives, and
         # the code that runs cannot change under them after the copy was made.
-        source_dir = plan.plugin_dir
-        plan = dataclasses.replace(plan, plugin_dir=self.supervisor.stage_plugin(plan.plugin_id, source_dir))
-        if plan.verify_staged_copy is not None:
-            try:
-                plan.verify_staged_copy(plan.plugin_dir)
-            except BaseException:
-                self.supervisor.unstage_plugin(plan.plugin_dir)
-                raise
+        plan = dataclasses.replace(plan, plugin_dir=self.supervisor.stage_plugin(plan.plugin_id, plan.plugin_dir))
         group = _PluginWorkers(plan=plan, min_workers=low, max_workers=high)
+        try:
+            if plan.verify_staged_copy is not None:
+                plan.verify_staged_copy(plan.plugin_dir)
+            with self._lock:
+                if plan.plugin_id in self._plugins:
+                    raise SandboxError(f"plugin {plan.plugin_id!r} already has workers", plugin_id=plan.plugin_id)
+                if self._total + low > self.config.max_total_workers:
+                    raise SandboxError(
+                        f"plugin {plan.plugin_id!r} needs {low} workers but only "
+                        f"{self.config.max_total_workers - self._total} of sandbox.max_total_workers are free",
+                        plugin_id=plan.plugin_id,
+                    )
+                self._plugins[plan.plugin_id] = group
+                self._total += low
+                group.spawning = low
+        except BaseException:
+            self.supervisor.unstage_plugin(plan.plugin_dir)
+            raise
         self.supervisor.allow_services(plan.plugin_id, plan.services)
-        with self._lock:
-            if plan.plugin_id in self._plugins:
-                raise SandboxError(f"plugin {plan.plugin_id!r} already has workers", plugin_id=plan.plugin_id)
-            if self._total + low > self.config.max_total_workers:
-                raise SandboxError(
-                    f"plugin {plan.plugin_id!r} needs {low} workers but only "
-                    f"{self.config.max_total_workers - self._total} of sandbox.max_total_workers are free",
-                    plugin_id=plan.plugin_id,
-                )
-            self._plugins[plan.plugin_id] = group
-            self._total += low
-            group.spawning = low
         booted: list[WorkerHandle] = []
         try:
             for _ in range(low):
