@@ -292,7 +292,9 @@ class Supervisor:
                 return
             self._opened = True
         self._decide_confinement()
-        self.base_dir = Path(tempfile.mkdtemp(prefix="plugin-pool-"))
+        remove_orphaned_dirs()
+        # The host's pid is in the name, so a later host can tell a dead host's leftovers from a live one's.
+        self.base_dir = Path(tempfile.mkdtemp(prefix=f"{BASE_DIR_PREFIX}{os.getpid()}-"))
         # 0711: workers may traverse to their own directory but cannot list the others.
         os.chmod(self.base_dir, 0o711)
         self._service_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="plugin-pool-service")
@@ -905,6 +907,32 @@ class Supervisor:
         """Live workers of every plugin."""
         with self._lock:
             return len(self._workers)
+
+
+BASE_DIR_PREFIX = "plugin-pool-"
+
+
+def remove_orphaned_dirs(parent: Path | None = None) -> list[Path]:
+    """Remove the private directories of hosts that died without closing (SIGKILL leaves them behind).
+
+    Only directories named by this module, owned by this uid, whose host pid no longer runs. A pid that
+    was reused by another process keeps its directory (the safe side). Returns what was removed.
+    """
+    removed = []
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{BASE_DIR_PREFIX}*-*"):
+        pid_text = path.name[len(BASE_DIR_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            if path.lstat().st_uid != os.geteuid() or not path.is_dir() or path.is_symlink():
+                continue
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def _rss_of(pid: int | None) -> int:

@@ -44,6 +44,7 @@ from plugin_pool.errors import (
 )
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.registry.base import EventKind
+from plugin_pool.sandbox.supervisor import remove_orphaned_dirs
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -303,7 +304,8 @@ host = PluginHost(load_config()).open()
 host.add_plugin_dir(sys.argv[1])
 host.start_plugins()
 pool = host.sandbox
-print(json.dumps({"zygote": pool.supervisor.zygote_pid, "workers": pool.list_worker_pids("orphan-check")}), flush=True)
+print(json.dumps({"zygote": pool.supervisor.zygote_pid, "workers": pool.list_worker_pids("orphan-check"),
+                  "base_dir": str(pool.supervisor.base_dir)}), flush=True)
 time.sleep(60)
 """
 
@@ -327,6 +329,10 @@ def test_host_sigkill_leaves_no_orphans(make_plugin: PluginFactory) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
         wait_until(lambda: all(is_gone(pid) for pid in started), "the zygote and workers to die", timeout_s=2)
+        # Its private directory is left behind (SIGKILL runs no cleanup); the next host removes it.
+        assert Path(info["base_dir"]).is_dir()
+        assert Path(info["base_dir"]) in remove_orphaned_dirs()
+        assert not Path(info["base_dir"]).exists()
     finally:
         if proc.poll() is None:
             proc.kill()
