@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import orjson
 import psutil
 
 import plugin_pool
@@ -954,6 +953,3 @@ def _resolve_user(user: str) -> int:
             f"sandbox.worker_user = {user!r} is not a user on this machine; name an existing user, a uid, "
             f"'auto' or 'userns'"
         ) from None
-
-
-_ = orjson  # orjson is imported for its side effect of failing early if missing
