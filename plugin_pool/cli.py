@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from plugin_pool.config import Config, PluginSettings, list_settings, load_config
 from plugin_pool.discovery import Discovery, format_discovery_report
 from plugin_pool.errors import ConfigError, PluginPoolError
-from plugin_pool.host import HostHealth, PluginHost
+from plugin_pool.host import HostHealth, PluginHost, os_user
 from plugin_pool.logs import configure_json_logging
 from plugin_pool.registry.factory import open_registry
 
@@ -154,6 +154,7 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                             "plugin_id": r.id,
                             "trust_level": r.trust_level.value,
                             "state": r.status.value,
+                            "enabled": r.enabled,
                             "reason": r.status_reason,
                             "updated_at": r.updated_at.isoformat(),
                         }
@@ -164,9 +165,16 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 + "\n"
             )
         else:
-            rows = [("PLUGIN", "TRUST", "STATE", "UPDATED", "REASON")]
+            rows = [("PLUGIN", "TRUST", "STATE", "ENABLED", "UPDATED", "REASON")]
             rows += [
-                (r.id, r.trust_level.value, r.status.value, f"{r.updated_at:%Y-%m-%d %H:%M:%S}", r.status_reason or "")
+                (
+                    r.id,
+                    r.trust_level.value,
+                    r.status.value,
+                    "yes" if r.enabled else "NO",
+                    f"{r.updated_at:%Y-%m-%d %H:%M:%S}",
+                    r.status_reason or "",
+                )
                 for r in records
             ]
             _print_table(rows, out)
@@ -436,11 +444,31 @@ def _cmd_registry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load_config(args.config, env=os.environ).registry
     dsn = args.dsn or config.dsn
     if not dsn:
-        raise ConfigError("registry migrate needs a DSN: --dsn, registry.dsn or PLUGIN_POOL_REGISTRY_DSN", key="--dsn")
-    applied = migrate(dsn, args.schema or config.schema, timeout_s=config.timeout_s)
-    out.write(
-        f"applied {len(applied)} migration(s): {', '.join(applied)}\n" if applied else "the schema is up to date\n"
-    )
+        raise ConfigError(
+            f"registry {args.action} needs the shared PostgreSQL registry: pass --dsn, or set registry.dsn "
+            f"(or PLUGIN_POOL_REGISTRY_DSN); an in-memory registry lives only inside its host's process",
+            key="--dsn",
+        )
+    config = replace(config, backend="postgres", dsn=dsn, schema=args.schema or config.schema, offline_start=False)
+    if args.action == "migrate":
+        applied = migrate(dsn, config.schema, timeout_s=config.timeout_s)
+        out.write(
+            f"applied {len(applied)} migration(s): {', '.join(applied)}\n" if applied else "the schema is up to date\n"
+        )
+        return 0
+    enabled = args.action == "enable"
+    actor = args.actor or f"operator/{os_user()}"
+    with closing(open_registry(config)) as registry:
+        before = registry.get_plugin(args.plugin_id)
+        record = registry.set_enabled(args.plugin_id, enabled, actor=actor, reason=args.reason)
+    word = "enabled" if enabled else "disabled"
+    if before.enabled is enabled:
+        out.write(f"plugin {record.id} was already {word}; nothing changed\n")
+    else:
+        out.write(
+            f"plugin {record.id} {word} by {actor}: every host sharing the registry "
+            f"{'may start it again' if enabled else 'stops it and will not start it'}\n"
+        )
     return 0
 
 
@@ -683,6 +711,17 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("config", nargs="?", help="configuration file (TOML) with [registry]")
     mig.add_argument("--dsn", help="PostgreSQL connection string (default: registry.dsn)")
     mig.add_argument("--schema", help="schema name (default: registry.schema)")
+    for action, text in (
+        ("disable", "disable a plugin on every host sharing the registry (they stop it and do not start it)"),
+        ("enable", "enable a disabled plugin again (hosts that stopped it start it again)"),
+    ):
+        switch = reg_sub.add_parser(action, help=text)
+        switch.add_argument("plugin_id", help="the plugin's id")
+        switch.add_argument("config", nargs="?", help="configuration file (TOML) with [registry]")
+        switch.add_argument("--dsn", help="PostgreSQL connection string (default: registry.dsn)")
+        switch.add_argument("--schema", help="schema name (default: registry.schema)")
+        switch.add_argument("--reason", help="why, for the audit trail and the hosts' logs")
+        switch.add_argument("--actor", help="who, for the audit trail (default: operator/<OS user>)")
     reg.set_defaults(func=_cmd_registry)
 
     cfg = sub.add_parser("config", help="check a configuration file, or list every setting")

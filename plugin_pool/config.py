@@ -177,6 +177,12 @@ class RegistryConfig:
     )
     retry_max_s: float = _setting(5.0, "longest wait between reconnection attempts", unit="s", minimum=0.1)
     migrate_on_start: bool = _setting(False, "apply pending schema migrations when the host starts")
+    offline_start: bool = _setting(
+        False,
+        "when PostgreSQL is unreachable as the host starts: false fails with an error naming host and port; "
+        "true starts on this host's own view and writes its registrations, status changes and audit events "
+        "(up to buffer_limit) once the database is reachable",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,19 @@ class PluginNotActiveError(PluginPoolError):
         self.reason = reason
 
 
+class PluginDisabledError(PluginPoolError):
+    """An operator disabled the plugin in the shared registry, so no host starts it until it is enabled."""
+
+    def __init__(self, plugin_id: str, reason: str | None = None) -> None:
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"plugin {plugin_id!r} is disabled in the registry{detail}; enable it with "
+            f"`plugin-pool registry enable {plugin_id}` (or registry.set_enabled) to start it",
+            plugin_id=plugin_id,
+        )
+        self.reason = reason
+
+
 class CapabilityDeniedError(PluginPoolError, PermissionError):
     """A call to a capability the plugin did not declare. The denial is audited."""
 

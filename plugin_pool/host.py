@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -53,6 +54,7 @@ from plugin_pool.errors import (
     LifecycleError,
     LifecycleTimeoutError,
     PluginCallError,
+    PluginDisabledError,
     PluginNotActiveError,
     PluginNotFoundError,
     PluginPoolError,
@@ -66,7 +68,7 @@ from plugin_pool.lifecycle import PluginState, check_transition
 from plugin_pool.manifest import Manifest, read_manifest
 from plugin_pool.metrics import HostMetrics, PluginSample
 from plugin_pool.model import NETWORK_CAPABILITIES, Capabilities, Plugin, PluginInfo, TrustLevel, thaw_json
-from plugin_pool.registry.base import EventKind, PluginRegistry
+from plugin_pool.registry.base import EventKind, PluginRegistry, RegistryChange
 from plugin_pool.registry.factory import open_registry
 
 if TYPE_CHECKING:
@@ -178,6 +180,10 @@ class _Slot:
     copy that is loaded is hashed again at start and must match, else the plugin fails naming the change."""
     source: str | None = None
     """Where discovery found it (folder or entry point), for health and audit details."""
+    disabled: str | None = None
+    """Why an operator disabled it in the registry (None while enabled): the host does not start it."""
+    stopped_by_disable: bool = False
+    """The host stopped it because it was disabled, so enabling it starts it again."""
 
     @property
     def loadable(self) -> bool:
@@ -237,7 +243,7 @@ class PluginHost:
         # closes it with itself.
         self.registry: PluginRegistry = registry if registry is not None else open_registry(self.config.registry)
         # The actor of the host's own audit events: its configured identity and the OS user it runs as.
-        self._actor = f"{self.config.host.actor}/{_os_user()}"
+        self._actor = f"{self.config.host.actor}/{os_user()}"
         self._acting: str | None = None
         """The actor an administrative call named (start_plugin/stop_plugin(actor=...)), while it runs."""
         self._services: dict[str, Any] = dict(services or {})
@@ -259,6 +265,15 @@ class PluginHost:
         """The Prometheus registry the host's metrics are on (plugin_pool.metrics); a private one unless the
         caller passed one. The library serves nothing: expose it as the application does its own."""
         self._metrics = HostMetrics(self.metrics_registry, self._list_metric_samples)
+        # An operator's disable/enable reaches every host sharing the registry (PostgreSQL: LISTEN/NOTIFY).
+        # The registry calls back in its own thread, which must not block: the change is applied here, in
+        # order, by one thread of the host's own.
+        self._admin = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plugin-pool-admin")
+        self._unsubscribe: Callable[[], None] | None = None
+        try:
+            self._unsubscribe = self.registry.subscribe(self._on_registry_change)
+        except PluginPoolError as exc:
+            _log.warning("host: not told of registry changes (disable/enable by operators): %s", exc)
 
     # -- open / close ----------------------------------------------------------------------------------
 
@@ -272,6 +287,9 @@ class PluginHost:
 
     def close(self) -> None:
         """Stop every Active plugin in reverse start order, then release the host. Idempotent; blocks."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._admin.shutdown(wait=True, cancel_futures=True)  # a change being applied ends first
         with self._lock:
             if self._closed:
                 return
@@ -645,6 +663,8 @@ class PluginHost:
             config=slot.settings.config,
         )
         slot.registered = True
+        if not record.enabled:
+            slot.disabled = "disabled in the registry by an operator"
         if record.status in (PluginState.STOPPED, PluginState.FAILED):
             # Known from an earlier run: its lifecycle goes on from there (Stopped/Failed -> Loading).
             slot.state = record.status
@@ -676,14 +696,17 @@ class PluginHost:
     def start_plugins(self) -> HostHealth:
         """Load, initialize and start every plugin that is not Active, in the order they were added.
 
-        A plugin that fails or hangs in any step goes to Failed and the others still start. Returns the
-        health afterwards. Blocks; safe to call again (it retries Stopped and Failed plugins).
+        A plugin that fails or hangs in any step goes to Failed and the others still start; one an operator
+        disabled in the registry is skipped (logged). Returns the health afterwards. Blocks; safe to call
+        again (it retries Stopped and Failed plugins).
         """
         with self._lock:
             ids = list(self._slots)
         for plugin_id in ids:
             slot = self._slots[plugin_id]
-            if slot.loadable and slot.state is not PluginState.ACTIVE:
+            if slot.disabled is not None:
+                _log.info("plugin not started: %s", slot.disabled, extra=self._log_fields(slot, "plugin_disabled"))
+            elif slot.loadable and slot.state is not PluginState.ACTIVE:
                 self.start_plugin(plugin_id)
         return self.get_health()
 
@@ -697,8 +720,8 @@ class PluginHost:
 
         ``actor`` names who asked (an operator's administrative action); the audit events record it
         instead of the host's own identity. Failures do not raise: the plugin goes to Failed with the
-        reason (see get_health). Raises PluginNotFoundError for an unknown id and HostClosedError when
-        the host is not open.
+        reason (see get_health). Raises PluginNotFoundError for an unknown id, PluginDisabledError for a
+        plugin an operator disabled in the registry, and HostClosedError when the host is not open.
         """
         with self._lock:
             if actor is not None:
@@ -713,6 +736,9 @@ class PluginHost:
                 return slot.state
             if not slot.loadable:
                 return slot.state
+            if slot.disabled is not None:
+                raise PluginDisabledError(plugin_id, slot.disabled)
+            slot.stopped_by_disable = False
             self._transition(slot, PluginState.LOADING, "load" if slot.state is PluginState.DISCOVERED else "reload")
             loading_since = time.perf_counter()
             load = self._load_sandboxed if slot.sandboxed else self._load
@@ -1052,7 +1078,7 @@ class PluginHost:
                 plugin_id=plugin_id,
             )
         if slot.state is not PluginState.ACTIVE or self._pool is None:
-            raise PluginNotActiveError(plugin_id, slot.state, slot.reason)
+            raise PluginNotActiveError(plugin_id, slot.state, slot.reason or slot.disabled)
         return self._pool.resize_plugin(plugin_id, min_workers=min_workers, max_workers=max_workers)
 
     def set_max_total_workers(self, max_total_workers: int) -> None:
@@ -1192,6 +1218,47 @@ class PluginHost:
         self._transition(slot, PluginState.FAILED, reason)
         _log.error("plugin failed: %s", reason, extra=self._log_fields(slot, "plugin_failed"))
 
+    # -- operators' changes through the registry ---------------------------------------------------------
+
+    def _on_registry_change(self, change: RegistryChange) -> None:
+        """Registry callback (its thread; must not block): queue an enable/disable of one of our plugins."""
+        if change.kind != "enabled" or change.plugin_id not in self._slots:
+            return
+        try:
+            self._admin.submit(self._apply_enabled, change)
+        except RuntimeError:  # the host is closing
+            return
+
+    def _apply_enabled(self, change: RegistryChange) -> None:
+        """Stop a plugin an operator disabled (and keep it stopped); start it again when enabled."""
+        actor = change.actor or "registry"
+        with self._lock:
+            slot = self._slots.get(change.plugin_id)
+            if slot is None or self._closed:
+                return
+            if change.enabled is False:
+                if slot.disabled is not None:
+                    return
+                slot.disabled = f"disabled by {actor}" + (f": {change.reason}" if change.reason else "")
+                _log.warning(
+                    "plugin %s: %s; stopping it on this host",
+                    slot.info.id,
+                    slot.disabled,
+                    extra=self._log_fields(slot, "plugin_disabled"),
+                )
+                if slot.state is PluginState.ACTIVE:
+                    self.stop_plugin(slot.info.id, reason=slot.disabled, actor=actor)
+                    slot.stopped_by_disable = True
+                return
+            if slot.disabled is None:
+                return
+            slot.disabled = None
+            _log.warning(
+                "plugin %s: enabled by %s", slot.info.id, actor, extra=self._log_fields(slot, "plugin_enabled")
+            )
+            if slot.stopped_by_disable and self._opened:
+                self.start_plugin(slot.info.id, actor=actor)
+
     # -- calls ---------------------------------------------------------------------------------------------
 
     def invoke(self, plugin_id: str, capability: str, payload: Any = None) -> Any:
@@ -1254,7 +1321,7 @@ class PluginHost:
                 plugin_id=plugin_id,
             )
         if slot.state is not PluginState.ACTIVE:
-            raise PluginNotActiveError(plugin_id, slot.state, slot.reason)
+            raise PluginNotActiveError(plugin_id, slot.state, slot.reason or slot.disabled)
         return slot.plugin
 
     def list_providers(self, capability: str) -> list[str]:
@@ -1275,7 +1342,7 @@ class PluginHost:
                 plugin_id=plugin_id,
             )
         if slot.state is not PluginState.ACTIVE:
-            return PluginNotActiveError(plugin_id, slot.state, slot.reason)
+            return PluginNotActiveError(plugin_id, slot.state, slot.reason or slot.disabled)
         declared = slot.capabilities.names
         self._metrics.count_denial(plugin_id)
         self.registry.record_event(
@@ -1329,7 +1396,7 @@ class PluginHost:
             version=str(slot.info.version),
             trust_level=slot.info.trust_level,
             state=slot.state,
-            reason=slot.reason,
+            reason=slot.reason or slot.disabled,
             capabilities=slot.capabilities.names,
             stats=slot.stats.snapshot() if slot.stats else None,
             workers=self._pool.get_stats(slot.info.id) if self._pool is not None and slot.sandboxed else None,
@@ -1373,7 +1440,8 @@ def _json_bytes(config: Mapping[str, Any]) -> bytes:
     return orjson.dumps(thaw_json(config))
 
 
-def _os_user() -> str:
+def os_user() -> str:
+    """The OS user this process runs as, for audit actors (the uid when there is no name)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER: the uid is still an identity

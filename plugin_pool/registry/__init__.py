@@ -3,9 +3,11 @@
 from plugin_pool.registry.base import (
     AuditEvent,
     CapabilityRecord,
+    ChangeCallback,
     EventKind,
     PluginRecord,
     PluginRegistry,
+    RegistryChange,
     VersionRecord,
 )
 from plugin_pool.registry.memory import InMemoryPluginRegistry
@@ -13,9 +15,11 @@ from plugin_pool.registry.memory import InMemoryPluginRegistry
 __all__ = [
     "AuditEvent",
     "CapabilityRecord",
+    "ChangeCallback",
     "EventKind",
     "InMemoryPluginRegistry",
     "PluginRecord",
     "PluginRegistry",
+    "RegistryChange",
     "VersionRecord",
 ]

@@ -5,11 +5,13 @@ tables plus an audit table of lifecycle events), and the input checks every back
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
 from packaging.version import Version
@@ -21,11 +23,15 @@ from plugin_pool.model import Capabilities, PluginInfo, TrustLevel, thaw_json, v
 __all__ = [
     "AuditEvent",
     "CapabilityRecord",
+    "ChangeCallback",
     "EventKind",
     "PluginRecord",
     "PluginRegistry",
+    "RegistryChange",
     "VersionRecord",
 ]
+
+_log = logging.getLogger("plugin_pool.registry")
 
 REASON_MAX_LEN = 2000
 ACTOR_MAX_LEN = 200
@@ -47,6 +53,8 @@ class EventKind(enum.StrEnum):
     HASH_MISMATCH = "hash_mismatch"
     SIGNATURE_REJECTED = "signature_rejected"
     WORKER_RESTARTED = "worker_restarted"
+    DISABLED = "disabled"
+    ENABLED = "enabled"
 
     @classmethod
     def for_state(cls, state: PluginState) -> EventKind:
@@ -79,6 +87,9 @@ class PluginRecord:
     config: Mapping[str, Any]
     registered_at: datetime
     updated_at: datetime
+    enabled: bool = True
+    """False while an operator has disabled the plugin (set_enabled): hosts sharing the registry stop it and
+    refuse to start it until it is enabled again."""
 
     @property
     def is_active(self) -> bool:
@@ -117,6 +128,27 @@ class AuditEvent:
     actor: str
     at: datetime
     details: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryChange:
+    """A change to a plugin that a registry tells its subscribers about (see PluginRegistry.subscribe).
+
+    ``kind`` is ``"status"`` (``status`` is set: a lifecycle move another host made) or ``"enabled"``
+    (``enabled`` is set: an operator disabled or enabled the plugin; ``actor`` and ``reason`` say who and why).
+    """
+
+    plugin_id: str
+    kind: Literal["status", "enabled"]
+    status: PluginState | None = None
+    enabled: bool | None = None
+    actor: str | None = None
+    reason: str | None = None
+
+
+ChangeCallback = Callable[[RegistryChange], None]
+"""Called with each RegistryChange; runs in the registry's notification thread (or the caller's) and must
+not block."""
 
 
 @runtime_checkable
@@ -159,6 +191,15 @@ class PluginRegistry(Protocol):
         """
         ...
 
+    def set_enabled(self, plugin_id: str, enabled: bool, *, actor: str, reason: str | None = None) -> PluginRecord:
+        """Disable or enable a plugin for every host sharing the registry (an operator's action).
+
+        A change is audited (``disabled``/``enabled``, with ``actor`` and ``reason``) and told to every
+        subscriber; setting the value the plugin already has changes nothing and audits nothing. Raises
+        PluginNotFoundError for an unknown id.
+        """
+        ...
+
     def record_event(
         self,
         event: EventKind,
@@ -169,6 +210,14 @@ class PluginRegistry(Protocol):
         details: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
         """Append an audit event (capability denial, hash mismatch, restart, ...)."""
+        ...
+
+    def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call ``callback`` with every RegistryChange; return a function that unsubscribes (safe to call twice).
+
+        Delivered: every enable/disable, whoever made it, and status changes made through *other* registry
+        instances (other hosts sharing the database); a host's own status moves are not echoed back to it.
+        """
         ...
 
     def get_plugin(self, plugin_id: str) -> PluginRecord:
@@ -207,6 +256,38 @@ class PluginRegistry(Protocol):
     def close(self) -> None:
         """Release resources. Idempotent."""
         ...
+
+
+class Subscribers:
+    """The callbacks of one registry's subscribe(): thread-safe add/remove, and delivery that logs (never
+    raises) a callback's exception so one bad subscriber cannot stop the others."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callbacks: list[ChangeCallback] = []
+
+    def add(self, callback: ChangeCallback) -> int:
+        """Add ``callback``; return how many there are now."""
+        with self._lock:
+            self._callbacks.append(callback)
+            return len(self._callbacks)
+
+    def remove(self, callback: ChangeCallback) -> int:
+        """Remove ``callback`` if present (removing twice is fine); return how many are left."""
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+            return len(self._callbacks)
+
+    def notify(self, change: RegistryChange) -> None:
+        """Call every callback with ``change``, in the calling thread."""
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback(change)
+            except Exception:
+                _log.exception("registry change callback %r raised on %r", callback, change)
 
 
 def check_actor(actor: object) -> str:

@@ -14,7 +14,7 @@ def open_registry(config: RegistryConfig) -> PluginRegistry:
     """The registry ``[registry]`` describes, open. Blocks to connect (PostgreSQL); the caller closes it.
 
     Raises ConfigError for an unknown backend or a missing DSN, RegistryUnavailableError (naming host and
-    port) when PostgreSQL cannot be reached.
+    port) when PostgreSQL cannot be reached and ``offline_start`` is false.
     """
     if config.backend == "memory":
         return InMemoryPluginRegistry()
@@ -39,4 +39,5 @@ def open_registry(config: RegistryConfig) -> PluginRegistry:
         buffer_limit=config.buffer_limit,
         retry_max_s=config.retry_max_s,
         migrate=config.migrate_on_start,
+        offline_start=config.offline_start,
     )

@@ -18,8 +18,11 @@ from plugin_pool.model import Capabilities, PluginInfo, TrustLevel
 from plugin_pool.registry.base import (
     AuditEvent,
     CapabilityRecord,
+    ChangeCallback,
     EventKind,
     PluginRecord,
+    RegistryChange,
+    Subscribers,
     VersionRecord,
     check_actor,
     check_json,
@@ -55,6 +58,7 @@ class InMemoryPluginRegistry:
         self._max_events = max_events
         self.dropped_events = 0
         self._closed = False
+        self._subscribers = Subscribers()
 
     # -- writes ------------------------------------------------------------------------------------------
 
@@ -157,6 +161,35 @@ class InMemoryPluginRegistry:
                 extra["reason"] = reason
             self._append_event(EventKind.for_state(status), plugin_id, actor, status, extra)
             return record
+
+    def set_enabled(self, plugin_id: str, enabled: bool, *, actor: str, reason: str | None = None) -> PluginRecord:
+        """See :meth:`PluginRegistry.set_enabled`. Subscribers are called in this thread, after the change."""
+        check_actor(actor)
+        reason = check_reason(reason)
+        if not isinstance(enabled, bool):
+            raise RegistryError(f"enabled must be True or False, got {enabled!r}", plugin_id=plugin_id)
+        with self._lock:
+            self._check_open()
+            record = self._get(plugin_id)
+            if record.enabled is enabled:
+                return record
+            record = replace(record, enabled=enabled, updated_at=self._clock())
+            self._plugins[plugin_id] = record
+            details: dict[str, Any] = {} if reason is None else {"reason": reason}
+            kind = EventKind.ENABLED if enabled else EventKind.DISABLED
+            self._append_event(kind, plugin_id, actor, record.status, details)
+        self._subscribers.notify(RegistryChange(plugin_id, "enabled", enabled=enabled, actor=actor, reason=reason))
+        return record
+
+    def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
+        """See :meth:`PluginRegistry.subscribe`. This registry has no other instances, so only enable/disable
+        changes are delivered, synchronously in the thread that made them."""
+        self._subscribers.add(callback)
+
+        def unsubscribe() -> None:
+            self._subscribers.remove(callback)
+
+        return unsubscribe
 
     def record_event(
         self,

@@ -14,11 +14,15 @@ The only module of plugin_pool that imports psycopg (setup.cfg checks it). Impor
   with the checks the in-memory backend uses before anything reaches SQL.
 - ``register`` is idempotent under races (``INSERT ... ON CONFLICT``); ``set_status`` is a compare-and-set
   ``UPDATE ... WHERE status = expected`` that writes the audit event and NOTIFYs other hosts in the same
-  statement. :meth:`PostgresPluginRegistry.subscribe` delivers other hosts' status changes (LISTEN).
-- Outages: an unreachable database at open raises :class:`RegistryUnavailableError` naming host and port.
-  Lost while running, ``set_status`` and ``record_event`` are kept in a bounded buffer, in order, and
-  written by a retry thread when the database is back; overflow is counted in ``dropped_writes`` and
-  logged. Reads (and ``register``) raise RegistryUnavailableError until the buffer is written.
+  statement. ``set_enabled`` (an operator's disable/enable) does the same for the ``enabled`` flag.
+  :meth:`PostgresPluginRegistry.subscribe` delivers other hosts' status changes and every disable/enable
+  (LISTEN), and re-reads the flags whenever its connection comes back.
+- Outages: an unreachable database at open raises :class:`RegistryUnavailableError` naming host and port,
+  unless ``offline_start``: then the registry starts in outage mode. Lost while running (or never reached),
+  ``register``, ``set_status`` and ``record_event`` are kept in a bounded buffer, in order, and written by a
+  retry thread when the database is back; overflow is counted in ``dropped_writes`` and logged, and a
+  write the database refuses on replay in ``conflicted_writes``. Reads and ``set_enabled`` raise
+  RegistryUnavailableError until the buffer is written.
 """
 
 from __future__ import annotations
@@ -51,8 +55,11 @@ from plugin_pool.model import Capabilities, PluginInfo, TrustLevel
 from plugin_pool.registry.base import (
     AuditEvent,
     CapabilityRecord,
+    ChangeCallback,
     EventKind,
     PluginRecord,
+    RegistryChange,
+    Subscribers,
     VersionRecord,
     check_actor,
     check_json,
@@ -81,8 +88,7 @@ _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _STATUS_RETRIES = 3
 _T = TypeVar("_T")
 
-StatusCallback = Callable[[str, PluginState], None]
-"""``callback(plugin_id, status)``: called from the listener thread for another host's status change."""
+_NOTIFY_REASON_MAX_LEN = 500  # a NOTIFY payload must stay under 8,000 bytes
 
 
 class RegistryUnavailableError(RegistryError):
@@ -211,13 +217,13 @@ def migrate(dsn: str, schema: str = DEFAULT_SCHEMA, *, timeout_s: float = 5.0) -
 
 # -- queries -------------------------------------------------------------------------------------------------
 
-_PLUGIN_COLUMNS = "id, name, trust_level, status, status_reason, config_json, registered_at, updated_at"
+_PLUGIN_COLUMNS = "id, name, trust_level, status, status_reason, config_json, registered_at, updated_at, enabled"
 
 _TEMPLATES: dict[str, str] = {
     "insert_new_plugin": f"""
         WITH p AS (
             INSERT INTO {{plugins}} ({_PLUGIN_COLUMNS})
-            VALUES (%(id)s, %(name)s, %(trust_level)s, 'discovered', NULL, %(config)s, now(), now())
+            VALUES (%(id)s, %(name)s, %(trust_level)s, 'discovered', NULL, %(config)s, now(), now(), true)
             ON CONFLICT (id) DO NOTHING
             RETURNING {_PLUGIN_COLUMNS}
         ), e AS (
@@ -253,6 +259,17 @@ _TEMPLATES: dict[str, str] = {
             SELECT id, %(event)s, status, %(actor)s, updated_at, %(details)s FROM u
         )
         SELECT {_PLUGIN_COLUMNS}, pg_notify(%(channel)s, %(payload)s)::text FROM u""",
+    "set_enabled": f"""
+        WITH u AS (
+            UPDATE {{plugins}} SET enabled = %(enabled)s, updated_at = now()
+            WHERE id = %(id)s AND enabled <> %(enabled)s
+            RETURNING {_PLUGIN_COLUMNS}
+        ), e AS (
+            INSERT INTO {{events}} (plugin_id, event, state, actor, at, details)
+            SELECT id, %(event)s, status, %(actor)s, updated_at, %(details)s FROM u
+        )
+        SELECT {_PLUGIN_COLUMNS}, pg_notify(%(channel)s, %(payload)s)::text FROM u""",
+    "list_enabled": "SELECT id, enabled FROM {plugins}",
     "insert_event": """
         INSERT INTO {events} (plugin_id, event, state, actor, at, details)
         VALUES (%(plugin_id)s, %(event)s, %(state)s, %(actor)s, COALESCE(%(at)s::timestamptz, now()), %(details)s)
@@ -300,6 +317,7 @@ def _plugin_record(row: tuple[Any, ...]) -> PluginRecord:
         config=MappingProxyType(row[5]),
         registered_at=row[6],
         updated_at=row[7],
+        enabled=row[8],
     )
 
 
@@ -327,7 +345,7 @@ def _configure_connection(conn: psycopg.Connection[Any]) -> None:
 class _PendingWrite:
     """A write made while the database was unreachable, replayed in order when it is back."""
 
-    kind: Literal["status", "event"]
+    kind: Literal["register", "status", "event"]
     plugin_id: str | None
     actor: str
     at: datetime
@@ -336,8 +354,11 @@ class _PendingWrite:
     state: PluginState | None  # the target status of a status write
     expected: PluginState | None = None  # the status the write moves from (status writes)
     reason: str | None = None
+    values: Mapping[str, Any] | None = None  # the query parameters of a register write
 
     def describe(self) -> str:
+        if self.kind == "register":
+            return f"registration of plugin {self.plugin_id!r}"
         if self.kind == "status":
             return f"status of plugin {self.plugin_id!r} {self.expected and self.expected.value} -> {self.state}"
         return f"audit event {self.event.value} of plugin {self.plugin_id!r}"
@@ -353,7 +374,10 @@ class PostgresPluginRegistry:
     it works as a ``with`` block. All methods are thread-safe and block on the database, each query for at
     most ``timeout_s`` to get a pooled connection. ``migrate=True`` runs :func:`migrate` on open; otherwise
     the schema must already be migrated. ``buffer_limit`` bounds the writes kept during an outage;
-    ``retry_max_s`` caps the backoff between reconnection attempts.
+    ``retry_max_s`` caps the backoff between reconnection attempts. ``offline_start=True``: when the
+    database cannot be reached at open, start anyway in outage mode (registrations, status changes and audit
+    events are buffered against this instance's own view, and written once the database is reachable)
+    instead of raising RegistryUnavailableError.
 
     Counters (read them any time): ``dropped_writes`` (outage writes that did not fit the buffer),
     ``conflicted_writes`` (buffered status changes refused on replay because another host changed the
@@ -371,6 +395,7 @@ class PostgresPluginRegistry:
         buffer_limit: int = 10_000,
         retry_max_s: float = 5.0,
         migrate: bool = False,
+        offline_start: bool = False,
         open: bool = True,
     ) -> None:
         if not 0 <= min_size <= max_size or max_size < 1:
@@ -390,18 +415,20 @@ class PostgresPluginRegistry:
         self._buffer_limit = buffer_limit
         self._retry_max_s = retry_max_s
         self._migrate = migrate
+        self._offline_start = offline_start
         self._q = _build_queries(schema)
         self._origin = uuid.uuid4().hex  # tells this instance's notifications from other hosts'
         self._lock = threading.Lock()  # open/close and listener start/stop
         self._state_lock = threading.Lock()  # outage flag, buffer, known records, counters
         self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] | None = None
+        self._opened = False
         self._closed = False
         self._outage = False
         self._buffer: deque[_PendingWrite] = deque()
         self._known: dict[str, PluginRecord] = {}
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
-        self._callbacks: list[StatusCallback] = []
+        self._subscribers = Subscribers()
         self._listener: threading.Thread | None = None
         self._listener_stop = threading.Event()
         self.dropped_writes = 0
@@ -415,35 +442,52 @@ class PostgresPluginRegistry:
     def open(self) -> PostgresPluginRegistry:
         """Connect (and migrate if asked). Blocks up to about ``timeout_s``; idempotent.
 
-        Raises RegistryUnavailableError naming host and port if the database cannot be reached, and
-        RegistryError if the schema is not migrated or the registry is already closed.
+        Raises RegistryUnavailableError naming host and port if the database cannot be reached (unless
+        ``offline_start``: then it logs a warning and starts buffering), and RegistryError if the schema is
+        not migrated or the registry is already closed.
         """
         with self._lock:
             if self._closed:
                 raise RegistryError("the PostgreSQL registry is already closed; create a new one")
-            if self._pool is not None:
+            if self._opened:
                 return self
-            if self._migrate:
-                migrate(self._dsn, self.schema, timeout_s=self._timeout_s)
-            self._check_schema_version()
-            pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
-                self._dsn,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                kwargs={"autocommit": True, "connect_timeout": _connect_timeout(self._timeout_s)},
-                configure=_configure_connection,
-                check=ConnectionPool.check_connection,
-                timeout=self._timeout_s,
-                name=f"plugin_pool.registry.{self.schema}",
-                open=False,
-            )
             try:
-                pool.open(wait=True, timeout=self._timeout_s)
-            except PoolTimeout as exc:
-                pool.close(timeout=0)
-                raise self._endpoint.unavailable("cannot open the registry", exc) from exc
-            self._pool = pool
+                self._pool = self._connect()
+            except RegistryUnavailableError as exc:
+                if not self._offline_start:
+                    raise
+                _log.warning(
+                    "registry: %s; starting offline (registry.offline_start): this host's registrations, status "
+                    "changes and audit events are kept (up to %d) and written when the database is reachable",
+                    exc,
+                    self._buffer_limit,
+                )
+                self._enter_outage(exc, announce=False)
+            self._opened = True
             return self
+
+    def _connect(self) -> ConnectionPool[psycopg.Connection[tuple[Any, ...]]]:
+        """Migrate if asked, check the schema version and open the connection pool. Blocks up to ~timeout_s."""
+        if self._migrate:
+            migrate(self._dsn, self.schema, timeout_s=self._timeout_s)
+        self._check_schema_version()
+        pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
+            self._dsn,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            kwargs={"autocommit": True, "connect_timeout": _connect_timeout(self._timeout_s)},
+            configure=_configure_connection,
+            check=ConnectionPool.check_connection,
+            timeout=self._timeout_s,
+            name=f"plugin_pool.registry.{self.schema}",
+            open=False,
+        )
+        try:
+            pool.open(wait=True, timeout=self._timeout_s)
+        except PoolTimeout as exc:
+            pool.close(timeout=0)
+            raise self._endpoint.unavailable("cannot open the registry", exc) from exc
+        return pool
 
     def close(self) -> None:
         """Stop the listener and retry threads, try once more to write buffered writes, close the pool.
@@ -458,9 +502,21 @@ class PostgresPluginRegistry:
             self._listener_stop.set()
             threads = [t for t in (self._flusher, self._listener) if t is not None]
         for thread in threads:
-            thread.join(self._timeout_s + 1.0)
-        pool = self._pool
-        if pool is None:
+            thread.join(2 * self._timeout_s + 1.0)
+        with self._lock:
+            pool = self._pool
+        if pool is None:  # started offline and never reached the database
+            with self._state_lock:
+                lost = len(self._buffer)
+                self._buffer.clear()
+            if lost:
+                self.dropped_writes += lost
+                _log.error(
+                    "registry closed with %d buffered writes not written: the database at %s:%s was never reachable",
+                    lost,
+                    self._endpoint.host,
+                    self._endpoint.port,
+                )
             return
         if self._buffer and self._flush_once(pool):
             _log.info("registry: buffered writes written on close")
@@ -507,7 +563,9 @@ class PostgresPluginRegistry:
     ) -> PluginRecord:
         """See :meth:`PluginRegistry.register`. One transaction; safe against hosts registering at once.
 
-        Not buffered: during an outage it raises RegistryUnavailableError.
+        During an outage the registration is buffered and the record returned as this instance last saw the
+        plugin (a plugin it never saw is returned Discovered); a hash conflict found when it is written
+        later is logged and counted in ``conflicted_writes``.
         """
         plugin_id = check_plugin_id(info.id)
         check_actor(actor)
@@ -531,30 +589,36 @@ class PostgresPluginRegistry:
             "version_key": canonicalize_version(version),
             "hash": assembly_hash,
             "capabilities": Jsonb(params),
+            "new_config": Jsonb(config_json),
         }
-
-        def work(conn: psycopg.Connection[tuple[Any, ...]]) -> PluginRecord:
-            with conn.transaction():
-                row = conn.execute(self._q["insert_new_plugin"], {**values, "config": Jsonb(config_json)}).fetchone()
-                if row is None:  # known plugin: lock it, so hosts registering it at once take turns
-                    conn.execute(self._q["lock_plugin"], [plugin_id])
-                    existing = conn.execute(self._q["find_version"], [plugin_id, values["version_key"]]).fetchone()
-                    if existing is not None and existing[1] != assembly_hash:
-                        raise RegistryError(
-                            f"plugin {plugin_id!r} version {version} is already registered with content hash "
-                            f"{existing[1]!r}, not {assembly_hash!r}: changed code needs a new version",
-                            plugin_id=plugin_id,
-                        )
-                    row = conn.execute(self._q["update_plugin"], values).fetchone()
-                    assert row is not None  # locked above
-                    if existing is not None:
-                        return _plugin_record(row)
-                conn.execute(self._q["insert_version"], values)
-                return _plugin_record(row)
-
-        record = self._run("register", work, plugin_id=plugin_id)
+        try:
+            record = self._run(
+                "register", lambda conn: self._register_in(conn, values), plugin_id=plugin_id, buffering=True
+            )
+        except _Offline:
+            return self._buffer_register(values, info, level, config_json if config is not None else None)
         self._remember(record)
         return record
+
+    def _register_in(self, conn: psycopg.Connection[tuple[Any, ...]], values: Mapping[str, Any]) -> PluginRecord:
+        plugin_id, version, assembly_hash = values["id"], values["version"], values["hash"]
+        with conn.transaction():
+            row = conn.execute(self._q["insert_new_plugin"], {**values, "config": values["new_config"]}).fetchone()
+            if row is None:  # known plugin: lock it, so hosts registering it at once take turns
+                conn.execute(self._q["lock_plugin"], [plugin_id])
+                existing = conn.execute(self._q["find_version"], [plugin_id, values["version_key"]]).fetchone()
+                if existing is not None and existing[1] != assembly_hash:
+                    raise RegistryError(
+                        f"plugin {plugin_id!r} version {version} is already registered with content hash "
+                        f"{existing[1]!r}, not {assembly_hash!r}: changed code needs a new version",
+                        plugin_id=plugin_id,
+                    )
+                row = conn.execute(self._q["update_plugin"], values).fetchone()
+                assert row is not None  # locked above
+                if existing is not None:
+                    return _plugin_record(row)
+            conn.execute(self._q["insert_version"], values)
+            return _plugin_record(row)
 
     def set_status(
         self,
@@ -631,6 +695,43 @@ class PostgresPluginRegistry:
             return self._run("record_event", work, plugin_id=plugin_id, buffering=True)
         except _Offline:
             return self._buffer_event(pending)
+
+    def set_enabled(self, plugin_id: str, enabled: bool, *, actor: str, reason: str | None = None) -> PluginRecord:
+        """See :meth:`PluginRegistry.set_enabled`. One statement: the flag, its audit event and the NOTIFY.
+
+        An operator's action, so it is not buffered: during an outage it raises RegistryUnavailableError.
+        """
+        check_actor(actor)
+        reason = check_reason(reason)
+        if not isinstance(enabled, bool):
+            raise RegistryError(f"enabled must be True or False, got {enabled!r}", plugin_id=plugin_id)
+        if not _is_plugin_id(plugin_id):
+            raise _not_found(plugin_id)
+        note = reason if reason is None or len(reason) <= _NOTIFY_REASON_MAX_LEN else reason[:_NOTIFY_REASON_MAX_LEN]
+        payload = orjson.dumps(
+            {"id": plugin_id, "enabled": enabled, "actor": actor, "reason": note, "origin": self._origin}
+        ).decode()
+        params = {
+            "id": plugin_id,
+            "enabled": enabled,
+            "event": (EventKind.ENABLED if enabled else EventKind.DISABLED).value,
+            "actor": actor,
+            "details": Jsonb({} if reason is None else {"reason": reason}),
+            "channel": self.channel,
+            "payload": payload,
+        }
+
+        def work(conn: psycopg.Connection[tuple[Any, ...]]) -> PluginRecord:
+            row = conn.execute(self._q["set_enabled"], params).fetchone()
+            if row is None:  # unknown, or already so
+                row = conn.execute(self._q["get_plugin"], [plugin_id]).fetchone()
+                if row is None:
+                    raise _not_found(plugin_id)
+            return _plugin_record(row)
+
+        record = self._run("set_enabled", work, plugin_id=plugin_id)
+        self._remember(record)
+        return record
 
     # -- reads ---------------------------------------------------------------------------------------------
 
@@ -744,20 +845,22 @@ class PostgresPluginRegistry:
 
     # -- notifications -------------------------------------------------------------------------------------
 
-    def subscribe(self, callback: StatusCallback) -> Callable[[], None]:
-        """Call ``callback(plugin_id, status)`` for every status change another registry instance makes.
+    def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
+        """See :meth:`PluginRegistry.subscribe`: other hosts' status changes and every enable/disable (LISTEN).
 
         Runs one listener thread (its own connection, LISTEN on :attr:`channel`) per registry; blocks until
-        it listens (at most ``timeout_s``, else RegistryUnavailableError). Callbacks run in that thread and
-        must not block; an exception from one is logged. Returns ``unsubscribe``, which is safe to call twice;
-        the thread stops with the last subscriber or on close. Changes made while the listener is
-        disconnected are not replayed: re-read with list_plugins after an outage.
+        it listens (at most ``timeout_s``, else RegistryUnavailableError; during an outage it returns at once
+        and the thread listens when it can). Callbacks run in that thread and must not block; an exception
+        from one is logged. Returns ``unsubscribe``, which is safe to call twice; the thread stops with the
+        last subscriber or on close. Whenever the listener (re)connects it compares every plugin's enabled
+        flag with what this instance last saw and reports the differences, so an operator's disable made
+        while a host was cut off still reaches it; status changes made meanwhile are not replayed.
         """
         ready = threading.Event()
         with self._lock:
-            if self._closed or self._pool is None:
+            if self._closed or not self._opened:
                 raise RegistryError("the PostgreSQL registry is not open; open it before subscribing")
-            self._callbacks.append(callback)
+            self._subscribers.add(callback)
             if self._listener is None:
                 self._listener_stop = threading.Event()
                 self._listener = threading.Thread(
@@ -769,17 +872,19 @@ class PostgresPluginRegistry:
                 self._listener.start()
             else:
                 ready.set()
-        if not ready.wait(self._timeout_s):
-            self._unsubscribe(callback)
-            raise self._endpoint.unavailable("cannot listen for registry changes", "LISTEN timed out")
-        return lambda: self._unsubscribe(callback)
 
-    def _unsubscribe(self, callback: StatusCallback) -> None:
+        def unsubscribe() -> None:
+            self._unsubscribe(callback)
+
+        if not self._outage and not ready.wait(self._timeout_s):
+            unsubscribe()
+            raise self._endpoint.unavailable("cannot listen for registry changes", "LISTEN timed out")
+        return unsubscribe
+
+    def _unsubscribe(self, callback: ChangeCallback) -> None:
         thread: threading.Thread | None = None
         with self._lock:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
-            if not self._callbacks and self._listener is not None:
+            if not self._subscribers.remove(callback) and self._listener is not None:
                 self._listener_stop.set()
                 thread, self._listener = self._listener, None
         if thread is not None and thread is not threading.current_thread():
@@ -794,6 +899,7 @@ class PostgresPluginRegistry:
                     self._dsn, autocommit=True, connect_timeout=_connect_timeout(self._timeout_s)
                 ) as conn:
                     conn.execute(listen)
+                    self._resync_enabled(conn)
                     ready.set()
                     backoff_s = 0.05
                     while not stop.is_set():
@@ -804,24 +910,46 @@ class PostgresPluginRegistry:
                 stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, self._retry_max_s)
 
+    def _resync_enabled(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            rows = conn.execute(self._q["list_enabled"]).fetchall()
+        except psycopg.errors.UndefinedTable:  # offline start before the schema exists: nothing to compare
+            return
+        for plugin_id, enabled in rows:
+            with self._state_lock:
+                known = self._known.get(plugin_id)
+                if known is None or known.enabled is enabled:
+                    continue
+                self._known[plugin_id] = replace(known, enabled=enabled)
+            reason = "changed while this instance was not listening"
+            self._subscribers.notify(RegistryChange(plugin_id, "enabled", enabled=enabled, reason=reason))
+
     def _dispatch(self, payload: str) -> None:
         try:
             message = orjson.loads(payload)
-            if message.get("origin") == self._origin:
-                return
-            plugin_id, status = str(message["id"]), PluginState(message["status"])
-        except (orjson.JSONDecodeError, KeyError, ValueError, AttributeError):
+            plugin_id = str(message["id"])
+            if "enabled" in message:
+                enabled = message["enabled"]
+                if not isinstance(enabled, bool):
+                    raise ValueError(enabled)
+                change = RegistryChange(
+                    plugin_id, "enabled", enabled=enabled, actor=message.get("actor"), reason=message.get("reason")
+                )
+            elif message.get("origin") == self._origin:
+                return  # this instance's own status move
+            else:
+                change = RegistryChange(plugin_id, "status", status=PluginState(message["status"]))
+        except (orjson.JSONDecodeError, KeyError, ValueError, AttributeError, TypeError):
             _log.warning("registry listener ignored a malformed notification: %.200r", payload)
             return
         with self._state_lock:
             known = self._known.get(plugin_id)
             if known is not None:
-                self._known[plugin_id] = replace(known, status=status)
-        for callback in list(self._callbacks):
-            try:
-                callback(plugin_id, status)
-            except Exception:
-                _log.exception("registry change callback %r raised", callback)
+                if change.status is not None:
+                    self._known[plugin_id] = replace(known, status=change.status)
+                if change.enabled is not None:
+                    self._known[plugin_id] = replace(known, enabled=change.enabled)
+        self._subscribers.notify(change)
 
     # -- internals: running queries ------------------------------------------------------------------------
 
@@ -833,9 +961,13 @@ class PostgresPluginRegistry:
         plugin_id: str | None = None,
         buffering: bool = False,
     ) -> _T:
-        pool = self._require_pool()
+        self._require_open()
         if self._outage:
+            if buffering:
+                raise _Offline
             raise self._endpoint.unavailable(f"{what} failed ({self.pending_writes} writes buffered)", "outage")
+        pool = self._pool
+        assert pool is not None  # open and not in an outage
         try:
             with pool.connection() as conn:
                 return work(conn)
@@ -849,13 +981,11 @@ class PostgresPluginRegistry:
         except psycopg.Error as exc:
             raise RegistryError(f"registry {what} failed: {exc}", plugin_id=plugin_id) from exc
 
-    def _require_pool(self) -> ConnectionPool[psycopg.Connection[tuple[Any, ...]]]:
-        pool = self._pool
+    def _require_open(self) -> None:
         if self._closed:
             raise RegistryError("the PostgreSQL registry is already closed; create a new one")
-        if pool is None:
+        if not self._opened:
             raise RegistryError("the PostgreSQL registry is not open yet; call open() first")
-        return pool
 
     def _require_plugin(self, conn: psycopg.Connection[tuple[Any, ...]], plugin_id: str) -> None:
         if conn.execute(self._q["plugin_exists"], [plugin_id]).fetchone() is None:
@@ -967,17 +1097,18 @@ class PostgresPluginRegistry:
 
     # -- internals: outage buffer --------------------------------------------------------------------------
 
-    def _enter_outage(self, cause: BaseException) -> None:
+    def _enter_outage(self, cause: BaseException, *, announce: bool = True) -> None:
         with self._state_lock:
             if not self._outage:
                 self._outage = True
-                _log.warning(
-                    "registry database at %s:%s is unreachable (%s); buffering up to %d writes until it is back",
-                    self._endpoint.host,
-                    self._endpoint.port,
-                    cause,
-                    self._buffer_limit,
-                )
+                if announce:
+                    _log.warning(
+                        "registry database at %s:%s is unreachable (%s); buffering up to %d writes until it is back",
+                        self._endpoint.host,
+                        self._endpoint.port,
+                        cause,
+                        self._buffer_limit,
+                    )
             if self._flusher is None and not self._stop.is_set():
                 self._flusher = threading.Thread(
                     target=self._flush_loop, name=f"plugin-pool-registry-retry-{self.schema}", daemon=True
@@ -1013,6 +1144,38 @@ class PostgresPluginRegistry:
                 self._known[plugin_id] = record
             return record
 
+    def _buffer_register(
+        self, values: Mapping[str, Any], info: PluginInfo, level: TrustLevel, config: dict[str, Any] | None
+    ) -> PluginRecord:
+        plugin_id = info.id
+        with self._state_lock:
+            at = _utcnow()
+            known = self._known.get(plugin_id)
+            if known is None:
+                record = PluginRecord(
+                    id=plugin_id,
+                    name=values["name"],
+                    trust_level=level,
+                    status=PluginState.DISCOVERED,
+                    status_reason=None,
+                    config=MappingProxyType(config or {}),
+                    registered_at=at,
+                    updated_at=at,
+                )
+            else:
+                record = replace(
+                    known,
+                    name=values["name"],
+                    trust_level=level,
+                    config=MappingProxyType(config) if config is not None else known.config,
+                )
+            pending = _PendingWrite(
+                "register", plugin_id, values["actor"], at, {}, EventKind.REGISTERED, None, values=values
+            )
+            if self._enqueue_locked(pending):
+                self._known[plugin_id] = record
+            return record
+
     def _buffer_event(self, pending: _PendingWrite) -> AuditEvent:
         with self._state_lock:
             self._enqueue_locked(pending)
@@ -1043,14 +1206,37 @@ class PostgresPluginRegistry:
 
     def _flush_loop(self) -> None:
         delay_s = 0.05
-        pool = self._pool
-        while pool is not None and not self._stop.wait(delay_s):
+        while not self._stop.wait(delay_s):
             try:
-                if self._flush_once(pool):
+                pool = self._pool or self._connect_late()
+                if pool is not None and self._flush_once(pool):
                     return
             except Exception:  # never let the retry thread die with writes still buffered
                 _log.exception("registry retry thread failed; retrying in %.2f s", delay_s)
             delay_s = min(delay_s * 2, self._retry_max_s)
+
+    def _connect_late(self) -> ConnectionPool[psycopg.Connection[tuple[Any, ...]]] | None:
+        """Offline start: try to connect (and migrate, if asked) now; None while the database is unreachable."""
+        try:
+            pool = self._connect()
+        except RegistryUnavailableError as exc:
+            _log.debug("registry still unreachable: %s", exc)
+            return None
+        except RegistryError as exc:  # reachable, but the schema is not usable yet: say so, keep trying
+            _log.error("registry: cannot write the buffered writes yet: %s", exc)
+            return None
+        with self._lock:
+            if self._closed:  # close() gave up waiting for this thread
+                pool.close(timeout=0)
+                return None
+            self._pool = pool
+        _log.warning(
+            "registry database at %s:%s is reachable: writing %d buffered writes",
+            self._endpoint.host,
+            self._endpoint.port,
+            self.pending_writes,
+        )
+        return pool
 
     def _flush_once(self, pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]]) -> bool:
         """Write the buffer in order; on success leave outage mode and return True. Runs in the retry thread."""
@@ -1079,36 +1265,50 @@ class PostgresPluginRegistry:
             return False
 
     def _replay(self, conn: psycopg.Connection[tuple[Any, ...]], pending: _PendingWrite) -> None:
-        if pending.kind == "event":
-            self._insert_event(conn, pending, at=pending.at)
-            return
-        assert pending.plugin_id is not None and pending.state is not None
+        """Write one buffered write. A write the database refuses now is logged and counted, never retried."""
         try:
-            record = self._set_status(
-                conn,
-                pending.plugin_id,
-                pending.state,
-                pending.expected,
-                pending.actor,
-                pending.reason,
-                pending.details,
-                pending.at,
-            )
+            if pending.kind == "event":
+                self._insert_event(conn, pending, at=pending.at)
+            elif pending.kind == "register":
+                assert pending.values is not None
+                self._remember(self._register_in(conn, pending.values))
+            else:
+                assert pending.plugin_id is not None and pending.state is not None
+                record = self._set_status(
+                    conn,
+                    pending.plugin_id,
+                    pending.state,
+                    pending.expected,
+                    pending.actor,
+                    pending.reason,
+                    pending.details,
+                    pending.at,
+                )
+                self._remember(record)
+        except psycopg.OperationalError:
+            raise  # the connection broke again: the write stays first in the buffer
         except RegistryConflictError as exc:
             if exc.actual is pending.state:
                 return  # the write reached the database just before the connection broke
-            self.conflicted_writes += 1
-            _log.error("registry: buffered %s refused on replay: %s", pending.describe(), exc)
+            self._refused(pending, exc)
+            # The move happened on this host all the same: keep the audit trail whole, noting what the
+            # registry held instead (as PluginHost does for a move another host overtook).
+            details = {**pending.details, "registry_state": exc.actual.value, "written_late": True}
+            if pending.expected is not None:
+                details["from"] = pending.expected.value
+            if pending.reason is not None:
+                details["reason"] = pending.reason
+            self._insert_event(conn, replace(pending, details=details), at=pending.at)
             row = conn.execute(self._q["get_plugin"], [pending.plugin_id]).fetchone()
             if row is not None:
                 self._remember(_plugin_record(row))
-        except (PluginNotFoundError, IllegalTransitionError, psycopg.DatabaseError) as exc:
-            if isinstance(exc, psycopg.OperationalError):
-                raise
+        except (RegistryError, PluginNotFoundError, IllegalTransitionError, psycopg.DatabaseError) as exc:
+            self._refused(pending, exc)
+
+    def _refused(self, pending: _PendingWrite, exc: Exception) -> None:
+        with self._state_lock:
             self.conflicted_writes += 1
-            _log.error("registry: buffered %s refused on replay: %s", pending.describe(), exc)
-        else:
-            self._remember(record)
+        _log.error("registry: buffered %s refused on replay: %s", pending.describe(), exc)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +22,7 @@ from plugin_pool import (
     RegistryError,
     TrustLevel,
 )
-from plugin_pool.registry import AuditEvent, EventKind, PluginRecord, PluginRegistry
+from plugin_pool.registry import AuditEvent, EventKind, PluginRecord, PluginRegistry, RegistryChange
 from plugin_pool.registry.base import ACTOR_MAX_LEN, CONFIG_MAX_BYTES, REASON_MAX_LEN
 
 S = PluginState
@@ -470,3 +472,66 @@ def test_concurrent_compare_and_set_lets_exactly_one_win(registry: PluginRegistr
 def test_close_is_idempotent(registry: PluginRegistry) -> None:
     registry.close()
     registry.close()
+
+
+# -- an operator's switch: set_enabled, and subscribers told of it ------------------------------------------
+
+
+def test_set_enabled_disables_and_enables_once_each_and_audits_who_and_why(registry: PluginRegistry) -> None:
+    assert register(registry).enabled is True
+    move(registry, "scanner", *PATH_TO_ACTIVE)
+    after = registry.list_events()[-1].id
+
+    disabled = registry.set_enabled("scanner", False, actor="ops/alice", reason="CVE-2026-1234")
+    again = registry.set_enabled("scanner", False, actor="ops/bob")  # already disabled: nothing changes
+
+    assert (disabled.enabled, disabled.status) == (False, S.ACTIVE)  # the flag, not a lifecycle move
+    assert registry.get_plugin("scanner").enabled is False
+    assert again.enabled is False
+    enabled = registry.set_enabled("scanner", True, actor="ops/alice")
+    assert enabled.enabled is True and registry.get_plugin("scanner").enabled is True
+    events = registry.list_events(after_id=after)
+    assert [(e.event, e.actor, e.state, dict(e.details)) for e in events] == [
+        (EventKind.DISABLED, "ops/alice", S.ACTIVE, {"reason": "CVE-2026-1234"}),
+        (EventKind.ENABLED, "ops/alice", S.ACTIVE, {}),
+    ]
+
+
+def test_set_enabled_refuses_unknown_plugins_and_bad_input(registry: PluginRegistry) -> None:
+    with pytest.raises(PluginNotFoundError, match="ghost"):
+        registry.set_enabled("ghost", False, actor=ACTOR)
+    register(registry)
+    with pytest.raises(RegistryError, match="enabled must be True or False"):
+        registry.set_enabled("scanner", "no", actor=ACTOR)  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match="actor"):
+        registry.set_enabled("scanner", False, actor="")
+    assert registry.get_plugin("scanner").enabled is True
+    assert [e.event for e in registry.list_events()] == [EventKind.REGISTERED]
+
+
+def test_subscribers_are_told_of_every_disable_and_enable(registry: PluginRegistry) -> None:
+    register(registry)
+    seen: list[RegistryChange] = []
+    arrived = threading.Condition()
+
+    def on_change(change: RegistryChange) -> None:
+        with arrived:
+            if change.kind == "enabled":
+                seen.append(change)
+                arrived.notify_all()
+
+    unsubscribe = registry.subscribe(on_change)
+    registry.set_enabled("scanner", False, actor="ops/alice", reason="maintenance")
+    registry.set_enabled("scanner", True, actor="ops/alice")
+    with arrived:
+        assert arrived.wait_for(lambda: len(seen) == 2, timeout=10)
+    assert [(c.plugin_id, c.enabled, c.actor, c.reason) for c in seen] == [
+        ("scanner", False, "ops/alice", "maintenance"),
+        ("scanner", True, "ops/alice", None),
+    ]
+
+    unsubscribe()
+    unsubscribe()
+    registry.set_enabled("scanner", False, actor="ops/alice")
+    time.sleep(0.3)  # a delivery after unsubscribing would have arrived by now
+    assert len(seen) == 2

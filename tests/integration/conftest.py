@@ -1,18 +1,26 @@
-"""Fixtures for the sandbox pool's integration tests: real hosts, real zygotes, real worker processes.
+"""Fixtures for the integration tests: real hosts, real zygotes, real worker processes, a real PostgreSQL.
 
-Every host a test opens is closed in the fixture's teardown (even when the test fails).
+Every host and registry a test opens is closed in the fixture's teardown (even when the test fails).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from _pg import DSN, Proxy
 from _pool_helpers import CHAOS, Clock, RecordList, attach_recorder, close_host, copy_plugin, new_host
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from plugin_pool import PluginHost
+from plugin_pool.registry.postgres import PostgresPluginRegistry, migrate
 
 
 @pytest.fixture
@@ -67,3 +75,53 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PluginHos
     finally:
         close_host(host)
         detach()
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> str:
+    """The test server's DSN; a missing server fails under CI and skips otherwise."""
+    try:
+        with psycopg.connect(DSN, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI (PLUGIN_POOL_TEST_DSN={DSN}): {exc}")
+        pytest.skip(f"no PostgreSQL server at {DSN}: {exc}")
+    return DSN
+
+
+@pytest.fixture
+def schema(server: str) -> Iterator[str]:
+    """A unique, empty schema name; the schema (if created) is dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield name
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def open_registry(server: str, schema: str) -> Iterator[Callable[..., PostgresPluginRegistry]]:
+    """``open_registry(dsn=..., **options)``: a registry on the test schema (migrated); all closed afterwards."""
+    opened: list[PostgresPluginRegistry] = []
+    migrate(server, schema)
+
+    def make(dsn: str = server, **options: Any) -> PostgresPluginRegistry:
+        registry = PostgresPluginRegistry(dsn, schema=schema, **options)
+        opened.append(registry)
+        return registry
+
+    yield make
+    for registry in reversed(opened):
+        registry.close()
+    assert not [t.name for t in threading.enumerate() if t.name.endswith(f"-{schema}")]
+
+
+@pytest.fixture
+def proxy(server: str) -> Iterator[Proxy]:
+    params = conninfo_to_dict(server)
+    opened = Proxy((str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)))
+    yield opened
+    opened.cut()

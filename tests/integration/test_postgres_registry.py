@@ -11,19 +11,17 @@ from __future__ import annotations
 import io
 import logging
 import os
-import selectors
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 from _concurrency import run_in_threads
+from _pg import Proxy, count, wait_for
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from plugin_pool import (
     Capabilities,
@@ -38,7 +36,7 @@ from plugin_pool import (
     load_config,
 )
 from plugin_pool.cli import main
-from plugin_pool.registry import EventKind
+from plugin_pool.registry import EventKind, RegistryChange
 from plugin_pool.registry.postgres import (
     PostgresPluginRegistry,
     RegistryUnavailableError,
@@ -56,159 +54,6 @@ LATEST = [name for _, name, _ in list_migrations()]
 
 def info(plugin_id: str = "scanner", version: str = "1.0.0") -> PluginInfo:
     return PluginInfo(id=plugin_id, name=plugin_id.title(), version=version, trust_level=TrustLevel.TRUSTED)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
-# -- fixtures -----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server() -> str:
-    """The test server's DSN; a missing server fails under CI and skips otherwise."""
-    try:
-        with psycopg.connect(DSN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required under CI (PLUGIN_POOL_TEST_DSN={DSN}): {exc}")
-        pytest.skip(f"no PostgreSQL server at {DSN}: {exc}")
-    return DSN
-
-
-@pytest.fixture
-def schema(server: str) -> Iterator[str]:
-    """A unique, empty schema name; the schema (if created) is dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    yield name
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def open_registry(server: str, schema: str) -> Iterator[Callable[..., PostgresPluginRegistry]]:
-    """``open_registry(dsn=..., **options)``: a registry on the test schema (migrated); all closed afterwards."""
-    opened: list[PostgresPluginRegistry] = []
-    migrate(server, schema)
-
-    def make(dsn: str = server, **options: Any) -> PostgresPluginRegistry:
-        registry = PostgresPluginRegistry(dsn, schema=schema, **options)
-        opened.append(registry)
-        return registry
-
-    yield make
-    for registry in reversed(opened):
-        registry.close()
-    assert not [t.name for t in threading.enumerate() if t.name.endswith(f"-{schema}")]
-
-
-def count(server: str, schema: str, table: str) -> int:
-    with psycopg.connect(server) as conn:
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-class Proxy:
-    """A TCP proxy thread on 127.0.0.1 in front of the server. ``cut()`` closes every connection and refuses
-    new ones (the port stays reserved); ``restore()`` accepts again on the same port."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.port = 0
-        self._listener: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self.restore()
-
-    def restore(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(16)
-        listener.settimeout(0.05)
-        self.port = listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._listener = listener
-        self._spawn(self._accept, listener, self._stop)
-
-    def cut(self) -> None:
-        self._stop.set()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self._threads:
-            thread.join(5)
-        assert not any(t.is_alive() for t in self._threads)
-        self._threads = []
-
-    def dsn(self, base: str) -> str:
-        return make_conninfo(base, host="127.0.0.1", port=str(self.port))
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True, name="test-proxy")
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                if stop.is_set():  # cut while connecting
-                    client.close()
-                    server.close()
-                    return
-                self._conns += [client, server]
-            self._spawn(self._pump, client, server, stop)
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket, stop: threading.Event) -> None:
-        try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(a, selectors.EVENT_READ, b)
-                selector.register(b, selectors.EVENT_READ, a)
-                while not stop.is_set():
-                    for key, _ in selector.select(0.05):
-                        try:
-                            data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-                            if not data:
-                                return
-                            key.data.sendall(data)
-                        except OSError:
-                            return
-        finally:
-            a.close()
-            b.close()
-
-
-@pytest.fixture
-def proxy(server: str) -> Iterator[Proxy]:
-    params = conninfo_to_dict(server)
-    opened = Proxy((str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)))
-    yield opened
-    opened.cut()
 
 
 # -- migrations ---------------------------------------------------------------------------------------------
@@ -301,11 +146,11 @@ def test_compare_and_set_conflict_between_two_hosts(open_registry: Callable[...,
 def test_a_host_learns_of_another_hosts_status_changes(open_registry: Callable[..., PostgresPluginRegistry]) -> None:
     operator, host = open_registry(), open_registry()
     operator.register(info(), Capabilities.of("scan"), actor="operator")
-    seen: list[tuple[str, PluginState]] = []
+    seen: list[tuple[str, PluginState | None]] = []
     arrived = threading.Event()
 
-    def on_change(plugin_id: str, status: PluginState) -> None:
-        seen.append((plugin_id, status))
+    def on_change(change: RegistryChange) -> None:
+        seen.append((change.plugin_id, change.status))
         arrived.set()
 
     unsubscribe = host.subscribe(on_change)
@@ -343,19 +188,22 @@ def test_writes_during_an_outage_are_buffered_and_flushed_in_order(
         assert event.id == 0
     registry.record_event(EventKind.FAILED, plugin_id="never-registered", actor=ACTOR)
     registry.set_status("scanner", S.ACTIVE, expected=S.INITIALIZING, actor=ACTOR)
-    assert (registry.pending_writes, registry.is_available) == (6, False)
+    other = registry.register(info("other"), Capabilities.of("scan"), actor=ACTOR)  # buffered too
+    assert (other.id, other.status) == ("other", S.DISCOVERED)
+    registry.set_status("other", S.LOADING, expected=S.DISCOVERED, actor=ACTOR)
+    assert (registry.pending_writes, registry.is_available) == (8, False)
     with pytest.raises(RegistryUnavailableError, match=rf"port {proxy.port}"):
         registry.get_plugin("scanner")
-    with pytest.raises(RegistryUnavailableError):
-        registry.register(info("other"), Capabilities(), actor=ACTOR)
     assert direct.get_plugin("scanner").status is S.LOADING  # nothing written yet
 
     proxy.restore()
     wait_for(lambda: registry.pending_writes == 0)
 
-    assert (registry.is_available, registry.flushed_writes, registry.dropped_writes) == (True, 6, 0)
+    assert (registry.is_available, registry.flushed_writes, registry.dropped_writes) == (True, 8, 0)
     assert direct.get_plugin("scanner").status is S.ACTIVE
     assert registry.get_plugin("scanner").status is S.ACTIVE
+    assert direct.get_plugin("other").status is S.LOADING
+    assert [c.capability for c in direct.list_capabilities("other")] == ["scan"]
     events = direct.list_events()
     assert [(e.plugin_id, e.event) for e in events[2:]] == [
         ("scanner", EventKind.INITIALIZING),
@@ -364,10 +212,13 @@ def test_writes_during_an_outage_are_buffered_and_flushed_in_order(
         ("scanner", EventKind.CAPABILITY_DENIED),
         ("never-registered", EventKind.FAILED),
         ("scanner", EventKind.ACTIVATED),
+        ("other", EventKind.REGISTERED),
+        ("other", EventKind.LOADING),
     ]
     assert [e.details.get("n") for e in events[3:6]] == [0, 1, 2]
     assert dict(events[2].details) == {"from": "loading", "reason": "offline"}
-    assert [e.at for e in events] == sorted(e.at for e in events)  # times of the calls, not of the flush
+    # times of the calls, not of the flush (a buffered registration is stamped when it is written)
+    assert [e.at for e in events[:-2]] == sorted(e.at for e in events[:-2])
 
 
 def test_outage_buffer_overflow_is_counted_and_logged(
@@ -444,7 +295,7 @@ def test_bad_input_is_rejected_before_any_sql(server: str) -> None:
 
 def test_close_stops_every_thread_and_is_idempotent(open_registry: Callable[..., PostgresPluginRegistry]) -> None:
     registry = open_registry()
-    registry.subscribe(lambda plugin_id, status: None)
+    registry.subscribe(lambda change: None)
     registry.close()
     registry.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("plugin-pool-registry-")]
@@ -458,7 +309,7 @@ def test_close_stops_every_thread_and_is_idempotent(open_registry: Callable[...,
 def test_a_host_configured_with_registry_postgres_records_its_lifecycle_there(server: str, schema: str) -> None:
     out = io.StringIO()
     assert main(["--log-format", "none", "registry", "migrate", "--dsn", server, "--schema", schema], out=out) == 0
-    assert "applied 1 migration" in out.getvalue()
+    assert "applied 2 migration(s): 0001_initial, 0002_plugin_enabled" in out.getvalue()
     out = io.StringIO()
     assert main(["--log-format", "none", "registry", "migrate", "--dsn", server, "--schema", schema], out=out) == 0
     assert out.getvalue() == "the schema is up to date\n"

@@ -29,6 +29,7 @@ from plugin_pool import (
     HostClosedError,
     LifecycleTimeoutError,
     PluginCallError,
+    PluginDisabledError,
     PluginHost,
     PluginNotActiveError,
     PluginNotFoundError,
@@ -817,3 +818,45 @@ def test_two_hosts_sharing_a_registry_each_run_the_plugin_and_both_moves_are_aud
         ("host-b", "shutdown"),
     ]
     assert shared.get_plugin("shared").status is S.STOPPED
+
+
+def test_an_operator_disabling_a_plugin_in_the_registry_stops_it_and_enabling_starts_it_again(
+    host: PluginHost,
+) -> None:
+    host.add_plugin(Recorder("ops"))
+    host.add_plugin(Recorder("other"))
+    host.start_plugins()
+
+    host.registry.set_enabled("ops", False, actor="alice", reason="maintenance")
+    _wait(lambda: host.get_plugin_health("ops").state is S.STOPPED)
+
+    assert host.get_plugin_health("ops").reason == "disabled by alice: maintenance"
+    assert host.is_active("other")  # only the disabled plugin stops
+    with pytest.raises(PluginNotActiveError, match="disabled by alice: maintenance"):
+        host.invoke("ops", "scan", 1)
+    with pytest.raises(PluginDisabledError, match="`plugin-pool registry enable ops`"):
+        host.start_plugin("ops")
+    assert host.start_plugins().active == ("other",)
+
+    host.registry.set_enabled("ops", True, actor="alice")
+    _wait(lambda: host.is_active("ops"))
+    assert host.invoke("ops", "scan", 2)["payload"] == 2
+    moves = [(e.event.value, e.actor) for e in host.registry.list_events(plugin_id="ops")][4:]
+    assert moves == [
+        ("disabled", "alice"),
+        ("stopping", "alice"),
+        ("shutdown", "alice"),
+        ("enabled", "alice"),
+        ("loading", "alice"),
+        ("initializing", "alice"),
+        ("activated", "alice"),
+    ]
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return
+        done.wait(0.01)
+    raise AssertionError("condition not met in time")
