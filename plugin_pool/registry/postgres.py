@@ -505,20 +505,7 @@ class PostgresPluginRegistry:
             thread.join(2 * self._timeout_s + 1.0)
         with self._lock:
             pool = self._pool
-        if pool is None:  # started offline and never reached the database
-            with self._state_lock:
-                lost = len(self._buffer)
-                self._buffer.clear()
-            if lost:
-                self.dropped_writes += lost
-                _log.error(
-                    "registry closed with %d buffered writes not written: the database at %s:%s was never reachable",
-                    lost,
-                    self._endpoint.host,
-                    self._endpoint.port,
-                )
-            return
-        if self._buffer and self._flush_once(pool):
+        if pool is not None and self._buffer and self._flush_once(pool):
             _log.info("registry: buffered writes written on close")
         with self._state_lock:
             lost = len(self._buffer)
@@ -526,12 +513,14 @@ class PostgresPluginRegistry:
         if lost:
             self.dropped_writes += lost
             _log.error(
-                "registry closed with %d buffered writes not written: the database at %s:%s stayed unreachable",
+                "registry closed with %d buffered writes not written: the database at %s:%s %s",
                 lost,
                 self._endpoint.host,
                 self._endpoint.port,
+                "was never reachable" if pool is None else "stayed unreachable",
             )
-        pool.close(timeout=self._timeout_s)
+        if pool is not None:
+            pool.close(timeout=self._timeout_s)
 
     def __enter__(self) -> PostgresPluginRegistry:
         return self.open()

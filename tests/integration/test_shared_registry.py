@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,7 +178,7 @@ def test_a_host_whose_database_is_down_at_start_runs_offline_and_syncs_later(
 
 
 def test_the_cli_disables_and_enables_a_plugin_and_status_shows_it(
-    hosts: Callable[..., PluginHost], server: str, schema: str
+    hosts: Callable[..., PluginHost], server: str, schema: str, tmp_path: Path
 ) -> None:
     host = hosts()
     base = ["--log-format", "none", "registry"]
@@ -193,6 +194,12 @@ def test_the_cli_disables_and_enables_a_plugin_and_status_shows_it(
     out = io.StringIO()
     assert main([*base, "disable", "scanner", *where], out=out) == 0
     assert out.getvalue() == "plugin scanner was already disabled; nothing changed\n"
+    config_file = tmp_path / "plugin_pool.toml"
+    config_file.write_text(f'[registry]\nbackend = "postgres"\ndsn = "{server}"\nschema = "{schema}"\n')
+    out = io.StringIO()
+    main(["--log-format", "none", "status", str(config_file)], out=out)
+    line = next(line for line in out.getvalue().splitlines() if line.startswith("scanner"))
+    assert line.split()[:4] == ["scanner", "trusted", "stopped", "NO"]
 
     assert main([*base, "enable", "scanner", *where], out=io.StringIO()) == 0
     wait_for(lambda: host.is_active("scanner"))
