@@ -391,7 +391,26 @@ class SandboxPool:
         return results
 
     def _run_chunk(self, plugin_id: str, capability: str, chunk: list[Any], offset: int, timeout_s: float) -> list[Any]:
-        data = self._encode(plugin_id, codec.encode_batch, capability, chunk, "batch")
+        parts = self._encode_parts(plugin_id, capability, chunk, offset)  # all encoded before any is sent
+        results = self._send_chunk(plugin_id, capability, *parts[0], timeout_s)
+        for part in parts[1:]:
+            results += self._send_chunk(plugin_id, capability, *part, timeout_s)
+        return results
+
+    def _encode_parts(
+        self, plugin_id: str, capability: str, chunk: list[Any], offset: int
+    ) -> list[tuple[list[Any], int, bytes]]:
+        """The chunk encoded, halved until every part fits sandbox.max_message_mb: (items, offset, data)."""
+        data = self._encode(plugin_id, codec.encode_batch, capability, chunk, "batch", check_size=len(chunk) == 1)
+        if len(data) <= self._max_message_bytes:
+            return [(chunk, offset, data)]
+        half = len(chunk) // 2
+        first = self._encode_parts(plugin_id, capability, chunk[:half], offset)
+        return first + self._encode_parts(plugin_id, capability, chunk[half:], offset + half)
+
+    def _send_chunk(
+        self, plugin_id: str, capability: str, chunk: list[Any], offset: int, data: bytes, timeout_s: float
+    ) -> list[Any]:
         outcomes, pid = self._call(
             plugin_id,
             capability,
@@ -406,6 +425,8 @@ class SandboxPool:
                 f"plugin {plugin_id!r}: the worker answered {len(outcomes)} of {len(chunk)} batch items",
                 plugin_id=plugin_id,
             )
+        if all(ok for ok, _ in outcomes):
+            return [value for _, value in outcomes]
         return [self._result(plugin_id, capability, o, offset + n, pid) for n, o in enumerate(outcomes)]
 
     def _ensure_executor(self) -> ThreadPoolExecutor:
@@ -417,9 +438,18 @@ class SandboxPool:
             return self._executor
 
     def _encode(
-        self, plugin_id: str, encode: Callable[[str, Any], bytes], capability: str, payload: Any, what: str
+        self,
+        plugin_id: str,
+        encode: Callable[[str, Any], bytes],
+        capability: str,
+        payload: Any,
+        what: str,
+        *,
+        check_size: bool = True,
     ) -> bytes:
-        """Encode in the host, so a payload that cannot cross the boundary fails before anything is sent."""
+        """Encode in the host, so a payload that cannot cross the boundary fails before anything is sent.
+
+        Raises PayloadError for a value that cannot cross, and (``check_size``) for data over the limit."""
         try:
             data = encode(capability, payload)
         except TypeError as exc:
@@ -428,7 +458,7 @@ class SandboxPool:
                 f"JSON-compatible values or bytes",
                 plugin_id=plugin_id,
             ) from None
-        if len(data) > self._max_message_bytes:
+        if check_size and len(data) > self._max_message_bytes:
             raise PayloadError(
                 f"plugin {plugin_id!r}: the {what} is {len(data)} bytes; the limit is {self._max_message_bytes} "
                 f"(sandbox.max_message_mb){'; send smaller batches' if what == 'batch' else ''}",

@@ -559,10 +559,15 @@ def test_payloads_bytes_raw_and_bad_payloads_refused_before_sending(shared: tupl
     with pytest.raises(PayloadError) as info:
         host.invoke("steady", "echo", "x" * 60_000)
     assert "the limit is 52428 (sandbox.max_message_mb)" in str(info.value)
-    with pytest.raises(PayloadError):
-        host.invoke_many("steady", "echo", [b"x" * 30_000, b"y" * 30_000])
+    with pytest.raises(PayloadError, match="the limit is 52428"):
+        host.invoke_many("steady", "echo", [b"x" * 10, b"y" * 60_000])
     assert host.sandbox.get_stats("steady").calls == before  # nothing was sent
     assert host.invoke("steady", "echo", "x" * 50_000) == "x" * 50_000
+    # A batch over the message limit is cut until each part fits: three round trips, results in order.
+    items = [bytes([n]) * 20_000 for n in range(5)]
+    before = host.sandbox.get_stats("steady").calls
+    assert host.invoke_many("steady", "echo", items) == items
+    assert host.sandbox.get_stats("steady").calls - before == 3
 
 
 # -- 15: stopping and closing ------------------------------------------------------------------------
