@@ -12,21 +12,23 @@ and hashes again. Baseline in the same run: hashing alone (``compute_content_has
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 
-from _benchdoc import write_section
+from _benchdoc import Section, Target, fmt_s, make_section, mark, measured_on, median, new_parser, run_alone
 
 from plugin_pool.discovery import Discovery
 from plugin_pool.integrity import compute_content_hash
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 TARGET_COLD_S = 1.0
+READING = (
+    "Cold means the first scan of a fresh `Discovery` (files in the OS page cache, as after the folders were written "
+    "or deployed). It is dominated by hashing (every file read once) and TOML parsing; the cached result is a dict "
+    "lookup, so asking again costs nothing until `rescan()`, which scans in full."
+)
 
 MODULE = "from plugin_pool.sdk import PluginBase\n\n\nclass Plugin(PluginBase):\n    pass\n" + "# padding\n" * 80
 
@@ -45,22 +47,15 @@ def generate(root: Path, count: int) -> None:
         (folder / "rules.txt").write_text(f"rule {i}\n" * 20)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plugins", type=int, default=1000, help="plugin folders to generate (default 1000)")
-    parser.add_argument("--repeats", type=int, default=5, help="cold scans; the median is reported (default 5)")
-    parser.add_argument("--write", action="store_true", help="replace the discovery section of docs/benchmarks.md")
-    parser.add_argument("--doc", type=Path, default=DOC, help="the file --write updates (default docs/benchmarks.md)")
-    args = parser.parse_args()
-
+def measure(plugins: int, repeats: int) -> dict[str, float]:
+    """Medians over ``repeats`` runs, in seconds: cold, hashing alone, cached lookup, rescan. Blocks (seconds)."""
     with tempfile.TemporaryDirectory(prefix="bench-discovery-") as tmp:
         root = Path(tmp)
-        generate(root, args.plugins)
+        generate(root, plugins)
         folders = sorted(root.iterdir())
         compute_content_hash(folders[0])  # warm imports
-        cold, hashing, rescan = [], [], []
-        cached_ns: list[float] = []
-        for _ in range(args.repeats):
+        cold, hashing, rescan, cached = [], [], [], []
+        for _ in range(repeats):
             started = time.perf_counter()
             for folder in folders:
                 compute_content_hash(folder)
@@ -70,56 +65,53 @@ def main() -> int:
             started = time.perf_counter()
             result = discovery.get_result()
             cold.append(time.perf_counter() - started)
-            assert len(result.plugins) == args.plugins and not result.errors, result.errors[:3]
+            assert len(result.plugins) == plugins and not result.errors, result.errors[:3]
 
             lookups = 100_000
             last = result.plugins[-1].plugin_id or ""
-            started_ns = time.perf_counter_ns()
+            started = time.perf_counter()
             for _ in range(lookups):
                 discovery.get_result().get(last)
-            cached_ns.append((time.perf_counter_ns() - started_ns) / lookups)
+            cached.append((time.perf_counter() - started) / lookups)
 
             started = time.perf_counter()
             report = discovery.rescan()
             rescan.append(time.perf_counter() - started)
             assert report.added == report.changed == report.removed == ()
+    return {"cold": median(cold), "hashing": median(hashing), "cached": median(cached), "rescan": median(rescan)}
 
-    med_cold, med_hash = statistics.median(cold), statistics.median(hashing)
-    med_cached, med_rescan = statistics.median(cached_ns), statistics.median(rescan)
-    header = (
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node() or 'this machine'} "
-        f"({platform.machine()}, Python {platform.python_version()}), {args.plugins:,} plugin folders of 3 small "
-        f"files, median of {args.repeats} runs."
+
+def section(args: argparse.Namespace, command: str) -> Section:
+    """The discovery section of docs/benchmarks.md."""
+    m = measure(args.plugins, args.repeats)
+    n = args.plugins
+    header = f"{measured_on()}, {n:,} plugin folders of 3 small files, median of {args.repeats} runs."
+    cold, cached = m["cold"], m["cached"]
+    targets = (
+        Target(f"cold discovery of {n:,} plugins", fmt_s(cold), f"<= {TARGET_COLD_S:g} s", cold <= TARGET_COLD_S),
+        Target("cached lookup", fmt_s(cached), "~0", cached < 10e-6),
     )
-    cold_met = "yes" if med_cold <= TARGET_COLD_S else "no"
-    cached_met = "yes" if med_cached < 10_000 else "no"
     rows = [
         "| step | time | per plugin | target | met? |",
         "|---|---:|---:|---|:---:|",
-        f"| cold discovery (read, validate, hash, order) | {med_cold * 1000:.0f} ms | "
-        f"{med_cold / args.plugins * 1e6:.0f} µs | <= {TARGET_COLD_S:g} s | {cold_met} |",
-        f"| baseline: hashing alone | {med_hash * 1000:.0f} ms | {med_hash / args.plugins * 1e6:.0f} µs |  |  |",
-        f"| cached lookup (get_result().get(id)) | {med_cached:.0f} ns |  | ~0 | {cached_met} |",
-        f"| rescan (nothing changed) | {med_rescan * 1000:.0f} ms |  |  |  |",
+        f"| cold discovery (read, validate, hash, order) | {fmt_s(m['cold'])} | {fmt_s(m['cold'] / n)} | "
+        f"{targets[0].target} | {mark(targets[0].met)} |",
+        f"| baseline: hashing alone | {fmt_s(m['hashing'])} | {fmt_s(m['hashing'] / n)} |  |  |",
+        f"| cached lookup (get_result().get(id)) | {fmt_s(m['cached'])} |  | {targets[1].target} | "
+        f"{mark(targets[1].met)} |",
+        f"| rescan (nothing changed) | {fmt_s(m['rescan'])} |  |  |  |",
     ]
-    argv = [
-        a for i, a in enumerate(sys.argv[1:]) if a != "--write" and not a.startswith("--doc") and sys.argv[i] != "--doc"
-    ]
-    cmd = ("python scripts/bench_discovery.py " + " ".join(argv)).strip()
-    print(f"Command: `{cmd}`\n\n{header}\n\n" + "\n".join(rows))
-    if args.write:
-        section = (
-            f"## Discovery\n\nCommand: `{cmd}`\n\n{header}\n\n"
-            + "\n".join(rows)
-            + "\n\nCold means the first scan of a fresh `Discovery` (files in the OS page cache, as after the folders "
-            "were written or deployed). It is dominated by hashing (every file read once) and TOML parsing; the "
-            "cached result is a dict lookup, so asking again costs nothing until `rescan()`, which scans in full.\n"
-        )
-        doc: Path = args.doc
-        write_section(doc, "discovery", section)
-        print(f"\nwrote the discovery section of {doc}")
-    return 0 if med_cold <= TARGET_COLD_S else 1
+    return make_section("discovery", "Discovery", command, header, "\n".join(rows), READING, targets=targets)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = new_parser(__doc__, "discovery")
+    parser.add_argument("--plugins", type=int, default=1000, help="plugin folders to generate (default 1000)")
+    parser.add_argument("--repeats", type=int, help="cold scans; the median is reported (default 5, quick 2)")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    return args
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_alone("bench_discovery.py", parse_args, section))

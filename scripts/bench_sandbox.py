@@ -2,20 +2,23 @@
 """Benchmark the Untrusted (sandbox) call path against baselines measured in the same run.
 
     .venv/bin/python scripts/bench_sandbox.py            # ~1-2 min, print the tables
-    .venv/bin/python scripts/bench_sandbox.py --quick    # ~20 s
+    .venv/bin/python scripts/bench_sandbox.py --quick    # ~30 s
     .venv/bin/python scripts/bench_sandbox.py --write    # also replace the sandbox section of docs/benchmarks.md
 
-What is measured (the plugin is scripts/bench_plugins/echo: an Untrusted capability returning its payload):
+What is measured (the plugin is scripts/bench_plugins/echo: an Untrusted capability returning its payload,
+2 workers like the pools' 2 processes):
 
-- latency of sequential ``host.invoke`` calls to a 1-worker plugin, p50/p90/p99, payloads of 200 B and
-  64 KiB as ``bytes`` (the raw path) and as ``str`` (the JSON path);
+- latency of sequential ``host.invoke`` calls, p50/p90/p99, payloads of 200 B and 64 KiB as ``bytes`` (the
+  raw path) and as ``str`` (the JSON path);
 - baseline A, the main reference: a bare grpcio unary echo over a Unix socket (generic handler, identity
   serializers, server in a subprocess with ThreadPoolExecutor(4));
 - baseline B: ``ProcessPoolExecutor(2).submit(echo, p).result()`` per call, and ``.map`` throughput;
-- baseline C: ``multiprocessing.Pool(2).imap(echo, items, chunksize=64)`` throughput;
+- baseline C: ``multiprocessing.Pool(2).apply(echo, (p,))`` per call, and ``.imap(chunksize=64)`` throughput;
 - the floor: a socketpair round trip to a forked child that echoes (length-prefixed);
-- batched throughput: ``host.invoke_many`` of all the items in one call (it sends chunks of 256 and spreads
-  them over the plugin's 2 workers), against the pools' ``map``/``imap`` over the same items;
+- batched throughput: ``host.invoke_many`` of all the items in one call (it cuts them into two chunks per
+  worker, of at least 256 items, and runs the chunks on the 2 workers in parallel), against the pools'
+  ``map``/``imap`` over the same items, and against bare gRPC and the socketpair moving the same chunks;
+  items of 200 B and of 64 KiB;
 - restart latency: SIGKILL the worker, time until a replacement is listed and has served a call;
 - idle worker memory (USS/PSS/RSS) after 20 calls and 0.3 s idle;
 - the CPU placement regime: affinity, the floor pinned to one core and to two, sampled core numbers.
@@ -28,9 +31,12 @@ Ratios compare figures from the same run, so they move much less than the absolu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import math
+import multiprocessing
+import multiprocessing.pool
 import os
-import platform
 import socket
 import statistics
 import struct
@@ -39,39 +45,75 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from _benchdoc import write_section
+import psutil
+from _benchdoc import (
+    Section,
+    Target,
+    fmt_ratio,
+    fmt_s,
+    make_section,
+    mark,
+    measured_on,
+    median,
+    new_parser,
+    percentile,
+    run_alone,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    import grpc
+
 PLUGIN_DIR = Path(__file__).resolve().parent / "bench_plugins" / "echo"
 PLUGIN_ID = "bench-echo"
-DOC = ROOT / "docs" / "benchmarks.md"
-READING = """How to read it:
-
-- **Single calls** cost what gRPC costs plus about a tenth: calls travel as hand-framed `Frame` messages
-  (`plugin_pool/sandbox/_codec.py`), so the path adds a dictionary lookup, a condition variable, the
-  deadline and a few bytes of framing to the bare unary echo; the confinement layers cost nothing
-  measurable per call.
-- **Batches** beat `ProcessPoolExecutor.map` as it is usually called (chunksize 1) many times over, and
-  `multiprocessing.Pool.imap` with chunks, but fall short of `ProcessPoolExecutor.map` with chunks of 256
-  (see the table): that target is **not met**. The bound is the transport: a bare gRPC echo of one 512 KiB message takes
-  about 1.1 ms here (100 calls, p50, grpcio 1.85), about 0.4 µs per 200-byte item before any work,
-  where the executor moves pickles over a pipe. We do not send pickles (a pickle from a worker would run
-  code in the host), so closing the gap means a second data path (shared memory or a pipe carrying the
-  same blob tables) beside gRPC.
-- Absolute numbers move with the CPU placement regime (below): compare ratios within one run."""
 SMALL, LARGE = 200, 64 * 1024
+SIZES = (SMALL, LARGE)
+LABEL = {SMALL: "200 B", LARGE: "64 KiB"}
+WORKERS = 2
 BATCH = 256
+MP_CHUNK = 64
+GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 _HEADER = struct.Struct(">I")
+
+LATENCY_PATHS = {
+    "ours bytes": "Untrusted invoke, bytes",
+    "ours str": "Untrusted invoke, str",
+    "grpc": "bare gRPC unary echo",
+    "ppe": "ProcessPoolExecutor submit",
+    "mp": "multiprocessing.Pool apply",
+    "floor": "socketpair floor",
+}
+"""Latency variants: key -> the name the detail table shows (each is measured at every size)."""
+BATCH_PATHS = {
+    "invoke_many": "Untrusted invoke_many",
+    "grpc chunks": "bare gRPC, the same chunks, all in flight",
+    "floor chunks": "socketpair floor, the same chunks, one after another",
+    "ppe map": f"ProcessPoolExecutor({WORKERS}).map chunksize={BATCH}",
+    "ppe map default": f"ProcessPoolExecutor({WORKERS}).map (default chunksize=1)",
+    "mp imap": f"multiprocessing.Pool({WORKERS}).imap chunksize={MP_CHUNK}",
+}
+"""Throughput variants: key -> the name the tables show (each is measured with items of every size)."""
 
 
 def echo(payload: Any) -> Any:
     """The pools' task: return the payload (module level, so the pools' workers can find it)."""
     return payload
+
+
+def chunk_items(count: int) -> int:
+    """Items per chunk that ``invoke_many`` picks for ``count`` items and 2 workers; the bare transports use it too."""
+    return max(BATCH, -(-count // (2 * WORKERS)))
+
+
+def split(blob: bytes | memoryview, size: int) -> list[bytes]:
+    """Items of ``size`` bytes from a blob of them laid end to end (what the bare transports carry)."""
+    return [bytes(blob[start : start + size]) for start in range(0, len(blob), size)]
 
 
 # -- the floor: a forked child echoing length-prefixed frames over a socketpair -----------------------------
@@ -87,29 +129,60 @@ def _recv_exact(sock: socket.socket, view: memoryview) -> bool:
     return True
 
 
-def start_floor_child() -> tuple[socket.socket, int]:
-    """Fork (before any gRPC is initialised) a child that echoes every frame it reads."""
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:  # the child: echo until end of file, then leave without running any atexit handler
-        parent.close()
-        buf = bytearray(LARGE + _HEADER.size)
-        view = memoryview(buf)
-        try:
-            while _recv_exact(child, view[: _HEADER.size]):
-                (size,) = _HEADER.unpack_from(buf)
-                if not _recv_exact(child, view[_HEADER.size : _HEADER.size + size]):
-                    break
-                child.sendall(view[: _HEADER.size + size])
-        finally:
-            os._exit(0)
-    child.close()
-    return parent, pid
+def _echo_frames(sock: socket.socket) -> NoReturn:
+    """The floor child: echo every frame until end of file, then leave without running any atexit handler."""
+    buf = bytearray(_HEADER.size + LARGE)
+    try:
+        while _recv_exact(sock, memoryview(buf)[: _HEADER.size]):
+            (size,) = _HEADER.unpack_from(buf)
+            if _HEADER.size + size > len(buf):
+                buf = buf[: _HEADER.size] + bytearray(size)
+            frame = memoryview(buf)[: _HEADER.size + size]
+            if not _recv_exact(sock, frame[_HEADER.size :]):
+                break
+            sock.sendall(frame)
+    finally:
+        os._exit(0)
 
 
-def floor_call(sock: socket.socket, frame: bytes, view: memoryview) -> None:
-    sock.sendall(frame)
-    _recv_exact(sock, view[: len(frame)])
+class Floor:
+    """A forked child that echoes frames over a socketpair: the least a cross-process round trip costs.
+
+    Create it before gRPC is initialised (gRPC is not fork-safe once started). ``call`` is not thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.sock.close()
+            _echo_frames(child)
+        child.close()
+        self._buf = bytearray(_HEADER.size + LARGE)
+
+    @staticmethod
+    def frame(data: bytes) -> bytes:
+        return _HEADER.pack(len(data)) + data
+
+    def call(self, frame: bytes) -> memoryview:
+        """Send one frame, wait for its echo; the reply is valid until the next call."""
+        if len(frame) > len(self._buf):
+            self._buf = bytearray(len(frame))
+        view = memoryview(self._buf)[: len(frame)]
+        self.sock.sendall(frame)
+        _recv_exact(self.sock, view)
+        return view
+
+    def echo_chunks(self, chunks: list[list[bytes]], size: int) -> list[bytes]:
+        """Every chunk as one frame, one after another; the items back."""
+        out: list[bytes] = []
+        for chunk in chunks:
+            out.extend(split(self.call(self.frame(b"".join(chunk)))[_HEADER.size :], size))
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+        os.waitpid(self.pid, 0)
 
 
 # -- baseline A: a bare grpcio unary echo ----------------------------------------------------------------
@@ -121,7 +194,7 @@ def serve_grpc(path: str) -> None:
 
     import grpc
 
-    server = grpc.server(ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
+    server = grpc.server(ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0), *GRPC_OPTIONS])
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
     )
@@ -132,7 +205,27 @@ def serve_grpc(path: str) -> None:
     server.wait_for_termination()
 
 
-# -- helpers ---------------------------------------------------------------------------------------------
+def grpc_chunks(bare: grpc.UnaryUnaryMultiCallable[bytes, bytes], chunks: list[list[bytes]], size: int) -> list[bytes]:
+    """Every chunk as one unary call, all in flight at once (as invoke_many's chunks); the items back."""
+    futures = [bare.future(b"".join(chunk)) for chunk in chunks]
+    out: list[bytes] = []
+    for future in futures:
+        out.extend(split(future.result(), size))
+    return out
+
+
+# -- the pools' single calls -----------------------------------------------------------------------------
+
+
+def ppe_submit(ppe: ProcessPoolExecutor, payload: bytes) -> Any:
+    return ppe.submit(echo, payload).result()
+
+
+def mp_apply(pool: multiprocessing.pool.Pool, payload: bytes) -> Any:
+    return pool.apply(echo, (payload,))
+
+
+# -- measuring helpers ------------------------------------------------------------------------------------
 
 
 def latencies(call: Callable[[], Any], n: int) -> list[int]:
@@ -144,10 +237,6 @@ def latencies(call: Callable[[], Any], n: int) -> list[int]:
         call()
         out[i] = clock() - t0
     return out
-
-
-def pct(sorted_ns: list[int], q: float) -> float:
-    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000.0
 
 
 def thread_ids(pid: int) -> list[int]:
@@ -186,21 +275,477 @@ def active_cpus(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, 
     return {cpu for tid, (ran, cpu) in after.items() if ran - before.get(tid, (0, cpu))[0] > 20_000}
 
 
-def fmt_us(x: float) -> str:
-    return f"{x:,.0f} µs" if x >= 100 else f"{x:,.1f} µs"
+def sample_placement(call: Callable[[], Any], peer: int, windows: int) -> dict[str, list[float]]:
+    """Per 5 ms window of calls: where the peer's active threads ran relative to the calling thread's core.
+
+    Returns class -> the windows' median latency (µs); classes: "same" (the peer ran only on the caller's
+    core), "other" (only on other cores), "mixed".
+    """
+    out: dict[str, list[float]] = {"same": [], "other": [], "mixed": []}
+    me = os.getpid()
+    clock = time.perf_counter_ns
+    for _ in range(windows):
+        before = thread_cpus(peer)
+        lat_ns: list[int] = []
+        stop = clock() + 5_000_000
+        while (t0 := clock()) < stop:
+            call()
+            lat_ns.append(clock() - t0)
+        theirs = active_cpus(before, thread_cpus(peer))
+        mine = thread_cpus(me).get(threading.get_native_id(), (0, -1))[1]
+        if not theirs:
+            continue
+        kind = "same" if theirs == {mine} else ("other" if mine not in theirs else "mixed")
+        out[kind].append(statistics.median(lat_ns) / 1000)
+    return out
 
 
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
+@dataclass(frozen=True)
+class Memory:
+    """A process's memory in bytes: unique (USS), proportional (PSS) and resident (RSS)."""
+
+    uss: int
+    pss: int
+    rss: int
+
+    @classmethod
+    def of(cls, pid: int) -> Memory:
+        info = psutil.Process(pid).memory_full_info()
+        return cls(info.uss, info.pss, info.rss)
+
+    def __str__(self) -> str:
+        mib = 1024 * 1024
+        return f"{self.uss / mib:.1f} MiB ({self.pss / mib:.1f} / {self.rss / mib:.1f})"
 
 
 # -- the run ---------------------------------------------------------------------------------------------
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and calls (~20 s)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds of every latency variant (default 7, quick 3)")
+@dataclass(frozen=True)
+class SandboxRun:
+    """Every figure of one run. Latencies in µs, throughputs in items/s, per round; keys are (variant, size)."""
+
+    rounds: int
+    calls: int
+    kills: int
+    pin: str
+    cpus: list[int]
+    grpc_version: str
+    latency: dict[tuple[str, int], list[tuple[float, float, float]]]
+    throughput: dict[tuple[str, int], list[float]]
+    items: dict[int, int]
+    chunk: dict[int, int]
+    place: dict[str, dict[str, list[float]]]
+    floor_pinned_us: tuple[float, float]
+    restart_ms: list[float]
+    listed_ms: list[float]
+    restarts_counted: int
+    worker_mem: Memory
+    ppe_mem: Memory
+    zygote_mem: Memory | None
+    grpc_mem: Memory
+    applied: list[str]
+    elapsed_s: float
+
+    def lat(self, path: str, size: int, q: int = 0) -> float:
+        """The median over rounds of a latency variant's p50 (q=0), p90 (1) or p99 (2), in µs."""
+        return median([x[q] for x in self.latency[path, size]])
+
+    def items_per_s(self, path: str, size: int) -> float:
+        return median(self.throughput[path, size])
+
+    def regime(self) -> str:
+        """The CPU placement regime of the run in one sentence, read off the socketpair floor."""
+        floor = self.lat("floor", SMALL)
+        same, cross = self.floor_pinned_us
+        windows = self.place.get("socketpair floor", {})
+        total = sum(map(len, windows.values()))
+        sampled = (
+            f"; sampled afterwards, its child ran on the caller's core in {len(windows.get('same', []))} of "
+            f"{total} windows of 5 ms"
+            if total
+            else ""
+        )
+        if self.pin != "none":
+            return f"pinned by --pin {self.pin}: socketpair floor 200 B p50 {fmt_s(floor * 1e-6)}{sampled}."
+        if math.isnan(same):
+            return f"one CPU: socketpair floor 200 B p50 {fmt_s(floor * 1e-6)}{sampled}."
+        if cross / same < 1.5:
+            kind = "flat (one core or two cost about the same in this run)"
+        else:  # where the rounds' floor lies between the two pinned floors, on a log scale
+            where = math.log(floor / same) / math.log(cross / same)
+            kind = "same-core" if where < 1 / 3 else ("cross-core" if where > 2 / 3 else "mixed")
+        return (
+            f"{kind}: the socketpair floor's 200 B p50 in the rounds (no pinning, {len(self.cpus)} CPUs) was "
+            f"{fmt_s(floor * 1e-6)}, against {fmt_s(same * 1e-6)} with both ends pinned to one core and "
+            f"{fmt_s(cross * 1e-6)} pinned to two{sampled}."
+        )
+
+
+def measure(rounds: int, calls: int, kills: int, pin_mode: str, quick: bool) -> SandboxRun:
+    """Run every variant; blocks for the run (a minute or two). Forks before gRPC is initialised."""
+    started = time.monotonic()
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin_mode == "split" and len(cpus) < 2:
+        raise SystemExit("--pin split needs two CPUs")
+    caller_cpus = {cpus[0]}
+    server_cpus = {cpus[0]} if pin_mode == "same" else {cpus[1 % len(cpus)]}
+    counts = {SMALL: BATCH * (16 if quick else 40), LARGE: BATCH * (2 if quick else 4)}
+
+    with contextlib.ExitStack() as stack:
+        # Fork everything that is forked (the floor child, the pools' workers) before gRPC is initialised.
+        floor = Floor()
+        stack.callback(floor.close)
+        fork = multiprocessing.get_context("fork")
+        ppe = ProcessPoolExecutor(WORKERS, mp_context=fork)
+        stack.callback(ppe.shutdown)
+        for f in [ppe.submit(time.sleep, 0.05) for _ in range(2 * WORKERS)]:
+            f.result()
+        mp_pool = fork.Pool(WORKERS)
+        stack.callback(mp_pool.terminate)
+        mp_pool.map(echo, range(8))
+        # A pool worker's idle memory, before the batches of 64 KiB items leave their heap grown (ours is taken
+        # on a fresh worker, so both are "idle after 20 small calls").
+        for _ in range(20):
+            ppe_submit(ppe, b"x" * SMALL)
+        time.sleep(0.3)
+        ppe_mem = Memory.of(next(iter(ppe._processes)))
+
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-sandbox-"))
+        grpc_path = os.path.join(tmp, "echo.sock")
+        server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-grpc", grpc_path])
+        stack.callback(server.wait)
+        stack.callback(server.terminate)
+
+        import grpc
+
+        from plugin_pool import PluginHost, load_config
+
+        deadline = time.monotonic() + 10
+        while not os.path.exists(grpc_path):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("the bare gRPC server did not start")
+            time.sleep(0.01)
+        channel = stack.enter_context(grpc.insecure_channel(f"unix:{grpc_path}", options=GRPC_OPTIONS))
+        bare: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/bench.Echo/Echo")  # bytes in/out
+        grpc.channel_ready_future(channel).result(timeout=10)
+
+        # Batches of 64 KiB items travel in chunks of 256 (16 MiB): above the default message limit.
+        overrides = {"sandbox": {"crash_limit": 1_000_000, "restart_backoff_s": 0.0, "max_message_mb": 64}}
+        host = stack.enter_context(PluginHost(load_config(overrides=overrides)))
+        host.add_plugin_dir(PLUGIN_DIR)
+        host.start_plugins()
+        if not host.get_health().is_active(PLUGIN_ID):
+            raise SystemExit(f"the benchmark plugin did not start: {host.get_health().failed}")
+        assert host.sandbox is not None
+        sandbox = host.sandbox
+        applied = sorted(sandbox.get_confinement()["applied"])
+        invoke, invoke_many = host.invoke, host.invoke_many
+
+        def pin_servers() -> None:
+            if pin_mode == "none":
+                return
+            pin(os.getpid(), caller_cpus)
+            for pid in [floor.pid, server.pid, *sandbox.list_worker_pids(PLUGIN_ID), *ppe._processes]:
+                pin(pid, server_cpus)
+            for proc in mp_pool._pool:  # type: ignore[attr-defined]
+                pin(proc.pid, server_cpus)
+
+        pin_servers()
+
+        def latency_variants(size: int) -> dict[tuple[str, int], tuple[Callable[[], Any], Callable[[Any], bool]]]:
+            """(path, size) -> (the call, a check of its result)."""
+            data, text, frame = b"x" * size, "x" * size, Floor.frame(b"x" * size)
+
+            def is_data(result: Any) -> bool:
+                return type(result) is bytes and result == data
+
+            return {
+                ("ours bytes", size): (partial(invoke, PLUGIN_ID, "echo", data), is_data),
+                ("ours str", size): (partial(invoke, PLUGIN_ID, "echo", text), lambda result: result == text),
+                ("grpc", size): (partial(bare, data), is_data),
+                ("ppe", size): (partial(ppe_submit, ppe, data), is_data),
+                ("mp", size): (partial(mp_apply, mp_pool, data), is_data),
+                ("floor", size): (partial(floor.call, frame), lambda reply: bytes(reply) == frame),
+            }
+
+        def batch_variants(items: list[bytes]) -> dict[tuple[str, int], Callable[[], list[Any]]]:
+            size, chunk = len(items[0]), chunk_items(len(items))
+            chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+            return {
+                # All items in one call, as with pool.map: invoke_many cuts them into chunks (chunk_items) and
+                # spreads the chunks over the plugin's workers.
+                ("invoke_many", size): partial(invoke_many, PLUGIN_ID, "echo", items),
+                ("grpc chunks", size): partial(grpc_chunks, bare, chunks, size),
+                ("floor chunks", size): partial(floor.echo_chunks, chunks, size),
+                ("ppe map", size): lambda: list(ppe.map(echo, items, chunksize=BATCH)),
+                ("ppe map default", size): lambda: list(ppe.map(echo, items)),
+                ("mp imap", size): lambda: list(mp_pool.imap(echo, items, chunksize=MP_CHUNK)),
+            }
+
+        # -- latency rounds, interleaved --
+        variants: dict[tuple[str, int], Callable[[], Any]] = {}
+        for size in SIZES:
+            for key, (call, check) in latency_variants(size).items():
+                assert check(call()), key  # the path really echoes
+                latencies(call, max(100, calls // 5))  # warm-up
+                variants[key] = call
+        per_round: dict[tuple[str, int], list[tuple[float, float, float]]] = {key: [] for key in variants}
+        keys = list(variants)
+        for r in range(rounds):
+            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+                gc.collect()
+                ns = sorted(latencies(variants[key], calls))
+                p50, p90, p99 = (percentile(ns, q) / 1000 for q in (0.50, 0.90, 0.99))
+                per_round[key].append((p50, p90, p99))
+
+        # -- throughput rounds (items/s), interleaved --
+        # Distinct objects: a list of one repeated object would be pickled once per chunk (memoised).
+        item_sets = {size: [b"%08d" % i + b"x" * (size - 8) for i in range(n)] for size, n in counts.items()}
+        batches: dict[tuple[str, int], Callable[[], list[Any]]] = {}
+        for items in item_sets.values():
+            for key, run_batch in batch_variants(items).items():
+                assert run_batch() == items, key  # also the warm-up
+                batches[key] = run_batch
+        tput: dict[tuple[str, int], list[float]] = {key: [] for key in batches}
+        bkeys = list(batches)
+        for r in range(rounds):
+            for key in bkeys[r % len(bkeys) :] + bkeys[: r % len(bkeys)]:
+                gc.collect()
+                t0 = time.perf_counter()
+                batches[key]()
+                tput[key].append(counts[key[1]] / (time.perf_counter() - t0))
+
+        # -- CPU placement: where peers ran per window of calls, then the floor pinned (pinning is sticky) --
+        n_windows = 20 if quick else 60
+        place = {
+            "socketpair floor": sample_placement(variants["floor", SMALL], floor.pid, n_windows),
+            "bare gRPC": sample_placement(variants["grpc", SMALL], server.pid, n_windows),
+            "Untrusted invoke": sample_placement(
+                variants["ours bytes", SMALL], sandbox.list_worker_pids(PLUGIN_ID)[0], n_windows
+            ),
+        }
+        floor_pinned = [float("nan"), float("nan")]
+        if len(cpus) >= 2 and pin_mode == "none":
+            for i, theirs in enumerate(({cpus[0]}, {cpus[1]})):
+                os.sched_setaffinity(0, {cpus[0]})
+                os.sched_setaffinity(floor.pid, theirs)
+                latencies(variants["floor", SMALL], 200)
+                floor_pinned[i] = median(
+                    [percentile(sorted(latencies(variants["floor", SMALL], calls)), 0.5) / 1000 for _ in range(3)]
+                )
+            os.sched_setaffinity(0, set(cpus))
+            os.sched_setaffinity(floor.pid, set(cpus))
+
+        # -- restart latency: SIGKILL the worker, wait until a new pid is listed, then until it served --
+        restart_ms: list[float] = []
+        listed_ms: list[float] = []
+
+        def counted() -> int:
+            return sum(n for (plugin_id, _), n in host.restarts.items() if plugin_id == PLUGIN_ID)
+
+        restarts_before = counted()
+        for _ in range(kills):
+            old = sandbox.list_worker_pids(PLUGIN_ID)
+            t0 = time.perf_counter()
+            os.kill(old[0], 9)
+            while True:
+                pids = sandbox.list_worker_pids(PLUGIN_ID)
+                if old[0] not in pids and set(pids) - set(old):
+                    break
+                if time.perf_counter() - t0 > 10:
+                    raise SystemExit("no replacement worker within 10 s")
+                time.sleep(0.0002)
+            t_listed = time.perf_counter()
+            invoke(PLUGIN_ID, "echo", b"x")
+            t_served = time.perf_counter()
+            listed_ms.append((t_listed - t0) * 1000)
+            restart_ms.append((t_served - t0) * 1000)
+            time.sleep(0.02)  # let the supervisor settle before the next kill
+        restarts_counted = counted() - restarts_before
+        pin_servers()
+
+        # -- idle worker memory, on the fresh worker left by the restarts --
+        worker_pid = sandbox.list_worker_pids(PLUGIN_ID)[0]
+        for _ in range(20):
+            invoke(PLUGIN_ID, "echo", b"x" * SMALL)
+        time.sleep(0.3)
+        zygote_pid = psutil.Process(worker_pid).ppid()
+        return SandboxRun(
+            rounds=rounds,
+            calls=calls,
+            kills=kills,
+            pin=pin_mode,
+            cpus=cpus,
+            grpc_version=grpc.__version__,
+            latency=per_round,
+            throughput=tput,
+            items=counts,
+            chunk={size: chunk_items(n) for size, n in counts.items()},
+            place=place,
+            floor_pinned_us=(floor_pinned[0], floor_pinned[1]),
+            restart_ms=restart_ms,
+            listed_ms=listed_ms,
+            restarts_counted=restarts_counted,
+            worker_mem=Memory.of(worker_pid),
+            ppe_mem=ppe_mem,
+            zygote_mem=Memory.of(zygote_pid) if zygote_pid > 1 else None,
+            grpc_mem=Memory.of(server.pid),
+            applied=applied,
+            elapsed_s=time.monotonic() - started,
+        )
+
+
+# -- the report ------------------------------------------------------------------------------------------
+
+
+def render(run: SandboxRun, command: str) -> Section:
+    """The sandbox section of docs/benchmarks.md."""
+    rows: list[str] = []
+    targets: list[Target] = []
+
+    def row(metric: str, ours: str, base: str, ratio: float | None, target: str = "", met: bool | None = None) -> None:
+        ratio_s = "" if ratio is None else fmt_ratio(ratio)
+        rows.append(f"| {metric} | {ours} | {base} | {ratio_s} | {target} | {'' if met is None else mark(met)} |")
+        if met is not None:  # the figure the target is about: the ratio, unless it names a unit
+            targets.append(
+                Target(metric, ours.split(" (")[0] if target.endswith(("ms", "MiB")) else ratio_s, target, met)
+            )
+
+    def us(x: float) -> str:
+        return fmt_s(x * 1e-6)
+
+    for size in SIZES:
+        label = LABEL[size]
+        for q, qname in ((0, "p50"), (1, "p90"), (2, "p99")):
+            ours, base = run.lat("ours bytes", size, q), run.lat("grpc", size, q)
+            met = ours / base <= 1.2 if q == 0 else None
+            row(f"Untrusted invoke {label} bytes {qname} vs bare gRPC", us(ours), us(base), ours / base,
+                "<= 1.2x" if q == 0 else "", met)  # fmt: skip
+        ours_str, ours = run.lat("ours str", size), run.lat("ours bytes", size)
+        base = run.lat("grpc", size)
+        row(f"Untrusted invoke {label} str p50 vs bare gRPC (bytes)", us(ours_str), us(base), ours_str / base)
+        for path in ("ppe", "mp", "floor"):
+            base = run.lat(path, size)
+            row(f"Untrusted invoke {label} bytes p50 vs {LATENCY_PATHS[path]}", us(ours), us(base), ours / base)
+    for size in SIZES:
+        ours_t = run.items_per_s("invoke_many", size)
+        for path in ("ppe map default", "ppe map", "mp imap", "grpc chunks", "floor chunks"):
+            base_t = run.items_per_s(path, size)
+            target = {"ppe map": ">= 1.0x", "mp imap": ">= 1.0x (stretch)"}.get(path, "") if size == SMALL else ""
+            row(
+                f"invoke_many of {run.items[size]:,} x {LABEL[size]} items/s vs {BATCH_PATHS[path]}",
+                f"{ours_t:,.0f}/s",
+                f"{base_t:,.0f}/s",
+                ours_t / base_t,
+                target,
+                ours_t / base_t >= 1.0 if target else None,
+            )
+    r50 = median(run.restart_ms)
+    row("restart after SIGKILL p50 (kill -> replacement served)", f"{r50:.1f} ms", "", None, "<= 30 ms", r50 <= 30)
+    mib = 1024 * 1024
+    row("idle worker memory USS (PSS / RSS) vs a ProcessPoolExecutor worker", str(run.worker_mem), str(run.ppe_mem),
+        run.worker_mem.uss / run.ppe_mem.uss, "USS <= 8 MiB", run.worker_mem.uss <= 8 * mib)  # fmt: skip
+    table = ["| metric | ours | baseline | ratio | target | met? |", "|---|---:|---:|---:|---|:---:|", *rows]
+
+    detail = [
+        "| variant (µs; items/s for batches) | median of rounds | p50 min-max over rounds | p90 | p99 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for (path, size), per_round in run.latency.items():
+        p50s = [x[0] for x in per_round]
+        detail.append(
+            f"| {LATENCY_PATHS[path]} {LABEL[size]} | {run.lat(path, size):,.1f} | {min(p50s):,.1f}-{max(p50s):,.1f} "
+            f"| {run.lat(path, size, 1):,.1f} | {run.lat(path, size, 2):,.1f} |"
+        )
+    for (path, size), xs in run.throughput.items():
+        detail.append(
+            f"| {BATCH_PATHS[path]}, {run.items[size]:,} x {LABEL[size]} | {median(xs):,.0f} | "
+            f"{min(xs):,.0f}-{max(xs):,.0f} | | |"
+        )
+    detail.append(
+        f"| restart ms: listed / served | {median(run.listed_ms):.1f} / {r50:.1f} | "
+        f"{min(run.restart_ms):.1f}-{max(run.restart_ms):.1f} | | max {max(run.restart_ms):.1f} |"
+    )
+
+    def share(classes: dict[str, list[float]]) -> str:
+        total = sum(map(len, classes.values()))
+        parts = [
+            f"{kind} core {len(xs)}/{total} windows (p50 {median(xs):.0f} µs)" for kind, xs in classes.items() if xs
+        ]
+        return ", ".join(parts) or "no samples"
+
+    zygote = f"{run.zygote_mem.uss / mib:.1f} MiB" if run.zygote_mem else "n/a"
+    regime = [
+        f"- regime: {run.regime()}",
+        f"- CPUs: {len(run.cpus)} allowed ({run.cpus}), os.cpu_count()={os.cpu_count()}, pinning: {run.pin}.",
+        "- where the peer ran, per 5 ms window of 200 B calls, relative to the calling thread's core: "
+        + "; ".join(f"{name}: {share(classes)}" for name, classes in run.place.items())
+        + ".",
+        f"- worker confinement applied: {', '.join(run.applied)}; zygote USS {zygote}; bare gRPC server process "
+        f"USS {run.grpc_mem.uss / mib:.1f} MiB (not forked, so not comparable); restarts counted by the host: "
+        f"{run.restarts_counted}/{run.kills}.",
+    ]
+    header = (
+        f"{measured_on(f'grpcio {run.grpc_version}')}, {run.rounds} interleaved rounds x {run.calls:,} sequential "
+        f"calls per latency variant, {run.items[SMALL]:,} x 200 B and {run.items[LARGE]:,} x 64 KiB items per "
+        f"throughput round, {run.kills} kills; {run.elapsed_s:.0f} s. Payloads are `bytes` (the raw path) unless "
+        "marked `str` (the JSON path); ratios are ours / baseline (times for single calls, items/s for batches)."
+    )
+    return make_section(
+        "sandbox",
+        "Untrusted (sandbox) call path",
+        command,
+        header,
+        "\n".join(table),
+        "\n".join(detail),
+        "CPU placement regime:\n\n" + "\n".join(regime),
+        reading(run),
+        targets=targets,
+    )
+
+
+def reading(run: SandboxRun) -> str:
+    """How to read the section, with the run's own figures (so the prose cannot drift from the tables)."""
+    single = " and ".join(
+        f"{fmt_ratio(run.lat('ours bytes', size) / run.lat('grpc', size))} ({LABEL[size]})" for size in SIZES
+    )
+    ours, grpc_t = run.items_per_s("invoke_many", SMALL), run.items_per_s("grpc chunks", SMALL)
+    ppe_t = run.items_per_s("ppe map", SMALL)
+
+    def against(path: str) -> str:
+        ratio = ours / run.items_per_s(path, SMALL)
+        return f"{'beat' if ratio >= 1 else 'fall short of'} {BATCH_PATHS[path]} ({fmt_ratio(ratio)})"
+
+    chunk = run.chunk[SMALL]
+    if grpc_t < ppe_t:
+        bound = (
+            f"The bound is the transport: bare gRPC moving the same {chunk:,}-item chunks (no encoding, all in "
+            f"flight) manages {grpc_t:,.0f} items/s, {fmt_s(1 / grpc_t)} per 200-byte item, where the executor "
+            f"moves pickles over a pipe at {fmt_s(1 / ppe_t)} per item."
+        )
+    else:
+        bound = (
+            f"Bare gRPC moving the same {chunk:,}-item chunks manages {grpc_t:,.0f} items/s, faster than the "
+            f"executor's {ppe_t:,.0f}/s: in this run the gap is in our encoding and dispatch, not only the transport."
+        )
+    bullets = [
+        f"**Single calls** cost {single} what a bare gRPC unary echo costs: calls travel as hand-framed `Frame` "
+        "messages (`plugin_pool/sandbox/_codec.py`), so the path adds a dictionary lookup, a condition variable, "
+        "the deadline and a few bytes of framing to the bare echo; the confinement layers cost nothing measurable "
+        "per call. The pools' single calls (`submit`, `apply`) send pickles over a pipe and skip gRPC altogether.",
+        f"**Batches** of 200 B items {against('ppe map default')}, {against('mp imap')}, and {against('ppe map')} "
+        f"(target >= 1.0x: {'met' if ours >= ppe_t else '**not met**'}). {bound} We do not send pickles (a pickle "
+        "from a worker would run code in the host), so closing the gap means a second data path (shared memory or "
+        "a pipe carrying the same blob tables) beside gRPC.",
+        "Absolute numbers move with the CPU placement regime (above): compare ratios within one run.",
+    ]
+    return "How to read it:\n\n" + "\n".join(f"- {b}" for b in bullets)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = new_parser(__doc__, "sandbox")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of every variant (default 7, quick 3)")
     parser.add_argument("--calls", type=int, help="sequential calls per variant per round (default 2000, quick 800)")
     parser.add_argument("--kills", type=int, help="worker kills for the restart latency (default 15, quick 6)")
     parser.add_argument(
@@ -210,387 +755,19 @@ def main() -> int:
         help="CPU regime: none (the scheduler decides), same (everything on CPU 0), split (callers on CPU 0, "
         "servers/workers on CPU 1)",
     )
-    parser.add_argument("--write", action="store_true", help="replace the sandbox section of docs/benchmarks.md")
-    parser.add_argument("--doc", type=Path, default=DOC, help="the file --write updates (default docs/benchmarks.md)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--serve-grpc", metavar="PATH", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve_grpc:
-        serve_grpc(args.serve_grpc)
-        return 0
-    rounds = args.rounds or (3 if args.quick else 7)
-    calls = args.calls or (800 if args.quick else 2000)
-    kills = args.kills or (6 if args.quick else 15)
-    tput_items = BATCH * (16 if args.quick else 40)
-    started = time.monotonic()
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.pin != "none" and len(cpus) < 2 and args.pin == "split":
-        parser.error("--pin split needs two CPUs")
-    caller_cpus = {cpus[0]}
-    server_cpus = {cpus[0]} if args.pin == "same" else {cpus[1 % len(cpus)]}
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (3 if args.quick else 7)
+    args.calls = args.calls or (800 if args.quick else 2000)
+    args.kills = args.kills or (6 if args.quick else 15)
+    return args
 
-    # Fork everything that is forked (the floor child, the pools' workers) before gRPC is initialised.
-    floor_sock, floor_pid = start_floor_child()
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    fork = multiprocessing.get_context("fork")
-    ppe = ProcessPoolExecutor(2, mp_context=fork)
-    for f in [ppe.submit(time.sleep, 0.05) for _ in range(4)]:
-        f.result()
-    mp_pool = fork.Pool(2)
-    mp_pool.map(echo, range(8))
-
-    tmp = tempfile.mkdtemp(prefix="bench-sandbox-")
-    grpc_path = os.path.join(tmp, "echo.sock")
-    server = subprocess.Popen([sys.executable, __file__, "--serve-grpc", grpc_path])
-
-    import grpc
-    import psutil
-
-    from plugin_pool import PluginHost, load_config
-
-    deadline = time.monotonic() + 10
-    while not os.path.exists(grpc_path):
-        if time.monotonic() > deadline or server.poll() is not None:
-            raise SystemExit("the bare gRPC server did not start")
-        time.sleep(0.01)
-    channel = grpc.insecure_channel(f"unix:{grpc_path}")
-    bare = channel.unary_unary("/bench.Echo/Echo")  # no serializers: bytes in, bytes out
-    grpc.channel_ready_future(channel).result(timeout=10)
-
-    host = PluginHost(load_config(overrides={"sandbox": {"crash_limit": 1_000_000, "restart_backoff_s": 0.0}})).open()
-    host.add_plugin_dir(PLUGIN_DIR)
-    host.start_plugins()
-    if not host.get_health().is_active(PLUGIN_ID):
-        raise SystemExit(f"the benchmark plugin did not start: {host.get_health().failed}")
-    assert host.sandbox is not None
-    sandbox = host.sandbox
-    applied = sorted(sandbox.get_confinement()["applied"])
-    invoke, invoke_many = host.invoke, host.invoke_many
-
-    def pin_servers() -> None:
-        if args.pin == "none":
-            return
-        pin(os.getpid(), caller_cpus)
-        for pid in [floor_pid, server.pid, *sandbox.list_worker_pids(PLUGIN_ID), *ppe._processes]:
-            pin(pid, server_cpus)
-        for proc in mp_pool._pool:  # type: ignore[attr-defined]
-            pin(proc.pid, server_cpus)
-
-    pin_servers()
-    frames = {size: _HEADER.pack(size) + b"x" * size for size in (SMALL, LARGE)}
-    floor_view = memoryview(bytearray(LARGE + _HEADER.size))
-    data = {
-        ("bytes", SMALL): b"x" * SMALL,
-        ("bytes", LARGE): b"x" * LARGE,
-        ("str", SMALL): "x" * SMALL,
-        ("str", LARGE): "x" * LARGE,
-    }
-
-    # name -> (call, check): check() verifies the path really echoes once before timing.
-    variants: dict[str, Callable[[], Any]] = {}
-    for kind, size in data:
-        p = data[kind, size]
-        variants[f"ours {kind} {size}"] = lambda p=p: invoke(PLUGIN_ID, "echo", p)
-    for size in (SMALL, LARGE):
-        p = data["bytes", size]
-        variants[f"grpc bytes {size}"] = lambda p=p: bare(p)
-        variants[f"ppe bytes {size}"] = lambda p=p: ppe.submit(echo, p).result()
-        variants[f"floor bytes {size}"] = lambda f=frames[size]: floor_call(floor_sock, f, floor_view)
-    for name, call in variants.items():
-        kind, size = name.split()[1], int(name.split()[2])
-        result = call()
-        if name.startswith("floor"):
-            assert bytes(floor_view[: _HEADER.size + size]) == frames[size], name
-        else:
-            assert result == data[kind, size], name
-        latencies(call, max(100, calls // 5))  # warm-up
-
-    # -- latency rounds, interleaved --
-    per_round: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
-    names = list(variants)
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            gc.collect()
-            ns = sorted(latencies(variants[name], calls))
-            per_round[name].append((pct(ns, 0.50), pct(ns, 0.90), pct(ns, 0.99)))
-
-    def lat(name: str, q: int) -> float:
-        return median([x[q] for x in per_round[name]])
-
-    # -- throughput rounds (items/s), interleaved --
-    # Distinct objects: a list of one repeated object would be pickled once per chunk (memoised).
-    items = [b"%08d" % i + b"x" * (SMALL - 8) for i in range(tput_items)]
-    batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
-
-    def run_ours() -> None:
-        # All items in one call, as with pool.map: invoke_many cuts them into chunks of BATCH and spreads
-        # the chunks over the plugin's workers (2, like the pools' processes).
-        invoke_many(PLUGIN_ID, "echo", items)
-
-    tput_variants: dict[str, Callable[[], Any]] = {
-        "ours invoke_many": run_ours,
-        "ppe map": lambda: list(ppe.map(echo, items, chunksize=BATCH)),
-        "ppe map default": lambda: list(ppe.map(echo, items)),
-        "mp imap": lambda: list(mp_pool.imap(echo, items, chunksize=64)),
-    }
-    assert invoke_many(PLUGIN_ID, "echo", batches[0]) == batches[0]
-    tput: dict[str, list[float]] = {name: [] for name in tput_variants}
-    for fn in tput_variants.values():
-        fn()  # warm-up
-    for r in range(rounds):
-        tnames = list(tput_variants)
-        for name in tnames[r % len(tnames) :] + tnames[: r % len(tnames)]:
-            gc.collect()
-            t0 = time.perf_counter()
-            tput_variants[name]()
-            tput[name].append(len(items) / (time.perf_counter() - t0))
-
-    # -- CPU placement: where peers ran per window of calls, then the floor pinned (pinning is sticky) --
-    def sample_placement(call: Callable[[], Any], peer: int, windows: int) -> dict[str, list[float]]:
-        """Per 5 ms window of calls: where the peer's active threads ran relative to the calling thread's core.
-
-        Returns class -> the windows' median latency (µs); classes: "same" (the peer ran only on the
-        caller's core), "other" (only on other cores), "mixed".
-        """
-        out: dict[str, list[float]] = {"same": [], "other": [], "mixed": []}
-        me = os.getpid()
-        clock = time.perf_counter_ns
-        for _ in range(windows):
-            before = thread_cpus(peer)
-            lat_ns: list[int] = []
-            stop = clock() + 5_000_000
-            while (t0 := clock()) < stop:
-                call()
-                lat_ns.append(clock() - t0)
-            theirs = active_cpus(before, thread_cpus(peer))
-            mine = thread_cpus(me).get(threading.get_native_id(), (0, -1))[1]
-            if not theirs:
-                continue
-            kind = "same" if theirs == {mine} else ("other" if mine not in theirs else "mixed")
-            out[kind].append(statistics.median(lat_ns) / 1000)
-        return out
-
-    n_windows = 20 if args.quick else 60
-    place = {
-        "socketpair floor": sample_placement(variants[f"floor bytes {SMALL}"], floor_pid, n_windows),
-        "bare gRPC": sample_placement(variants[f"grpc bytes {SMALL}"], server.pid, n_windows),
-        "Untrusted invoke": sample_placement(
-            variants[f"ours bytes {SMALL}"], sandbox.list_worker_pids(PLUGIN_ID)[0], n_windows
-        ),
-    }
-
-    floor_same = floor_split = float("nan")
-    if len(cpus) >= 2 and args.pin == "none":
-        for regime, (mine, theirs) in {"same": ({cpus[0]}, {cpus[0]}), "split": ({cpus[0]}, {cpus[1]})}.items():
-            os.sched_setaffinity(0, mine)
-            os.sched_setaffinity(floor_pid, theirs)
-            call = variants[f"floor bytes {SMALL}"]
-            latencies(call, 200)
-            p50s = [pct(sorted(latencies(call, calls)), 0.5) for _ in range(3)]
-            if regime == "same":
-                floor_same = median(p50s)
-            else:
-                floor_split = median(p50s)
-        os.sched_setaffinity(0, set(cpus))
-        os.sched_setaffinity(floor_pid, set(cpus))
-
-    # -- restart latency: SIGKILL the worker, wait until a new pid is listed, then until it served --
-    restart_ms: list[float] = []
-    listed_ms: list[float] = []
-    restarts_before = sum(n for (pid_, _), n in host.restarts.items() if pid_ == PLUGIN_ID)
-    for _ in range(kills):
-        old = sandbox.list_worker_pids(PLUGIN_ID)
-        t0 = time.perf_counter()
-        os.kill(old[0], 9)
-        while True:
-            pids = sandbox.list_worker_pids(PLUGIN_ID)
-            if old[0] not in pids and set(pids) - set(old):
-                break
-            if time.perf_counter() - t0 > 10:
-                raise SystemExit("no replacement worker within 10 s")
-            time.sleep(0.0002)
-        t_listed = time.perf_counter()
-        invoke(PLUGIN_ID, "echo", b"x")
-        t_served = time.perf_counter()
-        listed_ms.append((t_listed - t0) * 1000)
-        restart_ms.append((t_served - t0) * 1000)
-        time.sleep(0.02)  # let the supervisor settle before the next kill
-    restarts_counted = sum(n for (pid_, _), n in host.restarts.items() if pid_ == PLUGIN_ID) - restarts_before
-    pin_servers()
-
-    # -- idle worker memory, on the fresh worker left by the restarts --
-    worker_pid = sandbox.list_worker_pids(PLUGIN_ID)[0]
-    for _ in range(20):
-        invoke(PLUGIN_ID, "echo", data["bytes", SMALL])
-    time.sleep(0.3)
-    mem = psutil.Process(worker_pid).memory_full_info()
-    zygote = psutil.Process(worker_pid).parent()
-    zmem = zygote.memory_full_info() if zygote is not None else None
-    ppe_pid = next(iter(ppe._processes))
-    ppe_mem = psutil.Process(ppe_pid).memory_full_info()
-    grpc_mem = psutil.Process(server.pid).memory_full_info()
-
-    # -- tear down --
-    host.close()
-    channel.close()
-    server.terminate()
-    server.wait()
-    ppe.shutdown()
-    mp_pool.terminate()
-    floor_sock.close()
-    os.waitpid(floor_pid, 0)
-    elapsed = time.monotonic() - started
-
-    # -- report --
-    mib = 1024 * 1024
-    rows: list[tuple[str, str, str, str, str, bool | None]] = []
-
-    def row(metric: str, ours: str, base: str, ratio: float | None, target: str, met: bool | None) -> None:
-        rows.append((metric, ours, base, "" if ratio is None else f"{ratio:.2f}x", target, met))
-
-    for size in (SMALL, LARGE):
-        label = "200 B" if size == SMALL else "64 KiB"
-        for q, qname in ((0, "p50"), (1, "p90"), (2, "p99")):
-            ours, base = lat(f"ours bytes {size}", q), lat(f"grpc bytes {size}", q)
-            target = "<= 1.2x" if q == 0 else ""
-            row(
-                f"Untrusted invoke {label} bytes {qname} vs bare gRPC",
-                fmt_us(ours),
-                fmt_us(base),
-                ours / base,
-                target,
-                ours / base <= 1.2 if q == 0 else None,
-            )
-        ours_s, base = lat(f"ours str {size}", 0), lat(f"grpc bytes {size}", 0)
-        row(
-            f"Untrusted invoke {label} str p50 vs bare gRPC (bytes)",
-            fmt_us(ours_s),
-            fmt_us(base),
-            ours_s / base,
-            "",
-            None,
-        )
-        ours, base = lat(f"ours bytes {size}", 0), lat(f"ppe bytes {size}", 0)
-        row(
-            f"Untrusted invoke {label} bytes p50 vs ProcessPoolExecutor submit",
-            fmt_us(ours),
-            fmt_us(base),
-            ours / base,
-            "",
-            None,
-        )
-        ours, base = lat(f"ours bytes {size}", 0), lat(f"floor bytes {size}", 0)
-        row(
-            f"Untrusted invoke {label} bytes p50 vs socketpair floor", fmt_us(ours), fmt_us(base), ours / base, "", None
-        )
-    ours_t = median(tput["ours invoke_many"])
-    for name, label, target in (
-        ("ppe map default", "ProcessPoolExecutor(2).map (default chunksize=1)", ""),
-        ("ppe map", f"ProcessPoolExecutor(2).map chunksize={BATCH}", ">= 1.0x"),
-        ("mp imap", "mp.Pool(2).imap chunksize=64", ">= 1.0x (stretch)"),
-    ):
-        base_t = median(tput[name])
-        row(
-            f"invoke_many of {len(items):,} x 200 B items/s vs {label}",
-            f"{ours_t:,.0f}/s",
-            f"{base_t:,.0f}/s",
-            ours_t / base_t,
-            target,
-            (ours_t / base_t >= 1.0) if target else None,
-        )
-    r50 = median(restart_ms)
-    row("restart after SIGKILL p50 (kill -> replacement served)", f"{r50:.1f} ms", "", None, "<= 30 ms", r50 <= 30)
-    row(
-        "idle worker memory USS (PSS / RSS)",
-        f"{mem.uss / mib:.1f} MiB ({mem.pss / mib:.1f} / {mem.rss / mib:.1f})",
-        f"{ppe_mem.uss / mib:.1f} MiB ({ppe_mem.pss / mib:.1f} / {ppe_mem.rss / mib:.1f})",
-        mem.uss / ppe_mem.uss,
-        "USS <= 8 MiB",
-        mem.uss <= 8 * mib,
-    )
-
-    table = ["| metric | ours | baseline | ratio | target | met? |", "|---|---:|---:|---:|---|:---:|"]
-    for metric, ours_s2, base_s, ratio_s, target, met in rows:
-        mark = "" if met is None else ("yes" if met else "**NO**")
-        table.append(f"| {metric} | {ours_s2} | {base_s} | {ratio_s} | {target} | {mark} |")
-
-    detail = ["| variant | p50 (median of rounds) | p50 min-max over rounds | p90 | p99 |", "|---|---:|---:|---:|---:|"]
-    for name in variants:
-        p50s = [x[0] for x in per_round[name]]
-        detail.append(
-            f"| {name} B | {lat(name, 0):,.1f} | {min(p50s):,.1f}-{max(p50s):,.1f} | {lat(name, 1):,.1f} | "
-            f"{lat(name, 2):,.1f} |"
-        )
-    for name, xs in tput.items():
-        detail.append(f"| {name} (items/s) | {median(xs):,.0f} | {min(xs):,.0f}-{max(xs):,.0f} | | |")
-    detail.append(
-        f"| restart ms: listed / served | {median(listed_ms):.1f} / {r50:.1f} | "
-        f"{min(restart_ms):.1f}-{max(restart_ms):.1f} | | max {max(restart_ms):.1f} |"
-    )
-
-    def share(classes: dict[str, list[float]]) -> str:
-        parts = [
-            f"{kind} core {len(xs)}/{sum(map(len, classes.values()))} windows (p50 {median(xs):.0f} µs)"
-            for kind, xs in classes.items()
-            if xs
-        ]
-        return ", ".join(parts) or "no samples"
-
-    regime = [
-        f"- CPUs: {len(cpus)} allowed ({cpus}), os.cpu_count()={os.cpu_count()}, pinning: {args.pin}.",
-        f"- socketpair floor 200 B p50: {lat(f'floor bytes {SMALL}', 0):.1f} µs in the rounds (pinning: {args.pin})"
-        + (
-            f"; pinned afterwards: {floor_same:.1f} µs both on one core, {floor_split:.1f} µs on two cores."
-            if floor_same == floor_same
-            else "."
-        ),
-        "- where the peer ran, per 5 ms window of 200 B calls, relative to the calling thread's core: "
-        + "; ".join(f"{name}: {share(classes)}" for name, classes in place.items())
-        + ".",
-        f"- worker confinement applied: {', '.join(applied)}; zygote USS "
-        f"{(zmem.uss / mib if zmem else float('nan')):.1f} MiB; bare gRPC server process USS "
-        f"{grpc_mem.uss / mib:.1f} MiB (not forked, so not comparable); restarts counted by the host: "
-        f"{restarts_counted}/{kills}.",
-    ]
-    header = (
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node() or 'this machine'} "
-        f"({platform.machine()}, Python {platform.python_version()}, grpcio {grpc.__version__}), "
-        f"{rounds} interleaved rounds x {calls:,} sequential calls per latency variant, "
-        f"{len(items):,} items per throughput round, {kills} kills; {elapsed:.0f} s. Payloads are `bytes` "
-        f"(the raw path) unless marked `str` (the JSON path); ratios are ours / baseline."
-    )
-    print(header + "\n")
-    print("\n".join(table) + "\n")
-    print("Per variant (µs; ours = host.invoke, grpc = bare gRPC, ppe = ProcessPoolExecutor submit):\n")
-    print("\n".join(detail) + "\n")
-    print("CPU placement regime:\n")
-    print("\n".join(regime))
-    if args.write:
-        argv = [
-            a
-            for i, a in enumerate(sys.argv[1:])
-            if a != "--write" and not a.startswith("--doc") and sys.argv[i] != "--doc"
-        ]  # sys.argv[i] is the argument before a (its option)
-        cmd = "python scripts/bench_sandbox.py " + " ".join(argv)
-        section = (
-            f"## Untrusted (sandbox) call path\n\nCommand: `{cmd.strip()}`\n\n{header}\n\n"
-            + "\n".join(table)
-            + "\n\n"
-            + "\n".join(detail)
-            + "\n\nCPU placement regime:\n\n"
-            + "\n".join(regime)
-            + "\n\n"
-            + READING
-        )
-        doc: Path = args.doc
-        write_section(doc, "sandbox", section)
-        print(f"\nwrote the sandbox section of {doc}")
-    missed = [r[0] for r in rows if r[5] is False]
-    return 1 if args.strict and missed else 0
+def section(args: argparse.Namespace, command: str) -> Section:
+    return render(measure(args.rounds, args.calls, args.kills, args.pin, args.quick), command)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    if sys.argv[1:2] == ["--serve-grpc"]:
+        serve_grpc(sys.argv[2])
+        raise SystemExit(0)
+    raise SystemExit(run_alone("bench_sandbox.py", parse_args, section))
