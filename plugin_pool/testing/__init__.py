@@ -1,4 +1,5 @@
-"""Test helpers for plugin authors and hosts: a lifecycle harness, a recording fake registry, pytest fixtures.
+"""Test helpers for plugin authors and hosts: a lifecycle harness, a recording fake registry, pytest fixtures,
+and load and chaos machinery.
 
     from plugin_pool.testing import PluginHarness
 
@@ -8,9 +9,38 @@
         assert harness.states == ["discovered", "loading", "initializing", "active", "stopping", "stopped"]
 
 The fixtures (``plugin_host``, ``fake_registry``, ``plugin_harness``) are registered with pytest through
-the ``pytest11`` entry point, so any project that installs plugin_pool can use them.
+the ``pytest11`` entry point, so any project that installs plugin_pool can use them. Load tests drive a host
+with :class:`LoadDriver` (many caller threads, every call accounted for), kill workers with
+:class:`ChaosMonkey` and check for leaks with :class:`ResourceSnapshot` (see :mod:`plugin_pool.testing.load`).
 """
 
 from plugin_pool.testing.harness import FakeRegistry, PluginHarness
+from plugin_pool.testing.load import (
+    CallKind,
+    ChaosMonkey,
+    LatencyHistogram,
+    LeakReport,
+    LoadDriver,
+    LoadReport,
+    ResourceSnapshot,
+    echo_call,
+    make_echo_plugin,
+    wait_for_no_leaks,
+    write_load_plugin,
+)
 
-__all__ = ["FakeRegistry", "PluginHarness"]
+__all__ = [
+    "CallKind",
+    "ChaosMonkey",
+    "FakeRegistry",
+    "LatencyHistogram",
+    "LeakReport",
+    "LoadDriver",
+    "LoadReport",
+    "PluginHarness",
+    "ResourceSnapshot",
+    "echo_call",
+    "make_echo_plugin",
+    "wait_for_no_leaks",
+    "write_load_plugin",
+]
