@@ -70,17 +70,27 @@ class PoolStats:
 
 
 @dataclass(eq=False)
+class _Waiter:
+    """A call waiting for a worker: handed one (``handle``) in arrival order, woken by its own condition."""
+
+    cond: threading.Condition
+    handle: WorkerHandle | None = None
+
+
+@dataclass(eq=False)
 class _PluginWorkers:
-    """The workers of one plugin and the calls waiting for them. Guarded by ``cond``."""
+    """The workers of one plugin and the calls waiting for them. Guarded by ``lock`` (``cond`` uses it)."""
 
     plan: WorkerPlan
     min_workers: int
     max_workers: int
-    cond: threading.Condition = field(default_factory=threading.Condition)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    cond: threading.Condition = field(init=False)
     idle: list[WorkerHandle] = field(default_factory=list)
     workers: set[WorkerHandle] = field(default_factory=set)
     spawning: int = 0
-    waiting: int = 0
+    waiters: collections.deque[_Waiter] = field(default_factory=collections.deque)
+    """Calls waiting for a worker, oldest first: a worker that comes free goes to the oldest."""
     recycling: int = 0
     active: bool = True
     calls: int = 0
@@ -92,6 +102,20 @@ class _PluginWorkers:
     """Per worker: the calls and the age (s) after which it is recycled, each drawn once with jitter."""
     shrinking: set[WorkerHandle] = field(default_factory=set)
     """Workers retired because the pool was made smaller (still in ``workers`` until their exit)."""
+
+    def __post_init__(self) -> None:
+        self.cond = threading.Condition(self.lock)
+
+    @property
+    def waiting(self) -> int:
+        """How many calls wait for a worker (caller holds the lock)."""
+        return len(self.waiters)
+
+    def wake_all(self) -> None:
+        """Wake every waiting call to look at the group again: it stopped, or it may grow (caller holds lock)."""
+        self.cond.notify_all()
+        for waiter in self.waiters:
+            waiter.cond.notify()
 
 
 class SandboxPool:
@@ -134,7 +158,7 @@ class SandboxPool:
         for group in groups:
             with group.cond:
                 group.active = False
-                group.cond.notify_all()
+                group.wake_all()
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
@@ -201,7 +225,8 @@ class SandboxPool:
             group.idle.extend(booted)
             for handle in booted:
                 group.recycle_limits[handle] = self._recycle_limits()
-            group.cond.notify_all()
+            self._serve_waiters(group)
+            group.wake_all()
 
     def stop_plugin(self, plugin_id: str, *, timeout_s: float) -> str | None:
         """Run the plugin's stop() in every worker, then retire them. Returns the first error, or None."""
@@ -211,7 +236,7 @@ class SandboxPool:
             return None
         with group.cond:
             group.active = False
-            group.cond.notify_all()
+            group.wake_all()
             workers = list(group.workers)
         errors: list[str | None] = [None] * len(workers)
 
@@ -272,7 +297,7 @@ class SandboxPool:
                     self._total += 1
                     granted += 1
             group.spawning += granted
-            group.cond.notify_all()
+            group.wake_all()
         for _ in range(granted):
             self.supervisor.schedule(0.0, lambda: self._spawn_into(group, reason=None))
         if granted < missing:
@@ -510,33 +535,59 @@ class SandboxPool:
     def _acquire(
         self, group: _PluginWorkers, plugin_id: str, capability: str, deadline: float, timeout_s: float
     ) -> WorkerHandle:
+        """An idle worker for one call; when there is none, wait in line: workers go to waiting calls in the
+        order they came (a call arriving later never takes a worker before one that waits)."""
         with group.cond:
-            while True:
-                if not group.active:
-                    raise PluginNotActiveError(plugin_id, PluginState.STOPPED, "its sandbox workers were stopped")
-                while group.idle:
-                    handle = group.idle.pop()
-                    if handle.recycle_for is not None:
-                        self._recycle(group, handle, handle.recycle_for)
-                    elif not handle.exited.is_set() and not handle.retiring:
-                        group.calls += 1
-                        return handle
-                if group.waiting >= self.config.queue_limit:
-                    raise PoolOverloadedError(
-                        f"plugin {plugin_id!r}: all {len(group.workers)} workers are busy and "
-                        f"{group.waiting} calls are waiting (sandbox.queue_limit); retry later or raise "
-                        f"sandbox.max_workers",
-                        plugin_id=plugin_id,
-                    )
-                self._grow(group)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CallTimeoutError(plugin_id, capability, timeout_s)
-                group.waiting += 1
-                try:
-                    group.cond.wait(remaining)
-                finally:
-                    group.waiting -= 1
+            if not group.active:
+                raise PluginNotActiveError(plugin_id, PluginState.STOPPED, "its sandbox workers were stopped")
+            if not group.waiters:
+                handle = self._take_idle(group)
+                if handle is not None:
+                    return handle
+            if len(group.waiters) >= self.config.queue_limit:
+                raise PoolOverloadedError(
+                    f"plugin {plugin_id!r}: all {len(group.workers)} workers are busy and "
+                    f"{len(group.waiters)} calls are waiting (sandbox.queue_limit); retry later or raise "
+                    f"sandbox.max_workers",
+                    plugin_id=plugin_id,
+                )
+            waiter = _Waiter(threading.Condition(group.lock))
+            group.waiters.append(waiter)
+            try:
+                self._serve_waiters(group)
+                while waiter.handle is None:
+                    if not group.active:
+                        raise PluginNotActiveError(plugin_id, PluginState.STOPPED, "its sandbox workers were stopped")
+                    self._grow(group)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise CallTimeoutError(plugin_id, capability, timeout_s)
+                    waiter.cond.wait(remaining)
+                return waiter.handle
+            finally:
+                if waiter.handle is None:
+                    group.waiters.remove(waiter)
+
+    def _take_idle(self, group: _PluginWorkers) -> WorkerHandle | None:
+        """Take the most recently used usable idle worker, recycling any that are due (caller holds lock)."""
+        while group.idle:
+            handle = group.idle.pop()
+            if handle.recycle_for is not None:
+                self._recycle(group, handle, handle.recycle_for)
+            elif not handle.exited.is_set() and not handle.retiring:
+                group.calls += 1
+                return handle
+        return None
+
+    def _serve_waiters(self, group: _PluginWorkers) -> None:
+        """Hand idle workers to waiting calls, oldest call first (caller holds the lock)."""
+        while group.waiters and group.idle:
+            handle = self._take_idle(group)
+            if handle is None:
+                return
+            waiter = group.waiters.popleft()
+            waiter.handle = handle
+            waiter.cond.notify()
 
     def _grow(self, group: _PluginWorkers) -> None:
         """Ask for one more worker when every worker is busy and the limits allow (caller holds cond)."""
@@ -560,8 +611,7 @@ class SandboxPool:
             elif not handle.exited.is_set() and not handle.retiring:
                 group.idle.append(handle)
                 self._trim(group)  # a pool made smaller retires the worker that comes back
-                if group.idle:
-                    group.cond.notify()
+                self._serve_waiters(group)
 
     def _recycle(self, group: _PluginWorkers, handle: WorkerHandle, reason: str) -> None:
         """Retire an idle worker gracefully and count its replacement under ``reason`` (caller holds cond)."""
@@ -651,7 +701,7 @@ class SandboxPool:
             if handle.recycle_for is not None:
                 group.recycling = max(0, group.recycling - 1)
             active = group.active
-            group.cond.notify_all()
+            group.wake_all()
         with self._lock:
             self._total -= 1
         if not active or handle.killed_for == "stop":
@@ -721,9 +771,10 @@ class SandboxPool:
                 group.recycle_limits[handle] = self._recycle_limits()
                 group.idle.append(handle)
                 self._trim(group)
-                # Wake every waiter: one takes this worker, the others ask _grow for the next one
-                # (with notify(), they slept until a busy worker came back and the pool never grew).
-                group.cond.notify_all()
+                # The oldest waiter takes this worker; wake the others to ask _grow for the next one
+                # (otherwise they slept until a busy worker came back and the pool never grew).
+                self._serve_waiters(group)
+                group.wake_all()
                 return
         with self._lock:
             self._total -= 1
@@ -738,7 +789,7 @@ class SandboxPool:
             del self._plugins[plugin_id]
         with group.cond:
             group.active = False
-            group.cond.notify_all()
+            group.wake_all()
             workers = list(group.workers)
         with self._lock:
             self._total -= len(workers)

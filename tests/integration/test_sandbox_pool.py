@@ -401,6 +401,33 @@ def test_full_queue_rejects_at_once_and_the_rest_complete(open_host: HostFactory
     assert host.restarts == Counter()
 
 
+def test_waiting_calls_get_workers_in_arrival_order_and_newcomers_do_not_jump_the_line(
+    open_host: HostFactory, make_plugin: PluginFactory
+) -> None:
+    host = open_host()
+    host.add_plugin_dir(make_plugin("line", pool={"min_workers": 1, "max_workers": 1}))
+    host.start_plugins()
+
+    def again() -> list[int]:  # frees the worker and at once asks for it again: a newcomer
+        first = host.invoke("line", "act", {"op": "sleep", "s": 0.3})
+        return [first["calls"], host.invoke("line", "act", {"op": "pid"})["calls"]]
+
+    with ThreadPoolExecutor(5) as pool:
+        greedy = pool.submit(again)
+        wait_until(lambda: host.sandbox.get_stats("line").busy == 1, "the first call to be in flight")
+        queued = []
+        for n in range(1, 4):
+            queued.append(pool.submit(host.invoke, "line", "act", {"op": "sleep", "s": 0.02}))
+            wait_until(lambda n=n: host.sandbox.get_stats("line").waiting == n, f"{n} calls to wait")
+        served = [f.result(5)["calls"] for f in queued]
+        greedy_calls = greedy.result(5)
+    # The worker (its call counter says in which order it served) went to the three waiting calls in the
+    # order they came; the call that freed it and asked again waited behind them.
+    assert served == [2, 3, 4]
+    assert greedy_calls == [1, 5]
+    assert host.sandbox.get_stats("line").waiting == 0
+
+
 def test_pool_grows_to_max_workers_under_load(open_host: HostFactory, make_plugin: PluginFactory) -> None:
     host = open_host()
     host.add_plugin_dir(make_plugin("elastic", pool={"min_workers": 1, "max_workers": 3}))
