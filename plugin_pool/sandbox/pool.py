@@ -49,6 +49,8 @@ RESTART_REASONS = ("crash", "timeout", "memory", "cpu", "recycle")
 
 CHUNK_MIN_ITEMS = 256
 CHUNK_MAX_ITEMS = 4096
+ZYGOTE_RETRY_S = 0.05
+"""How soon a replacement that found no zygote tries again (the supervisor restarts the zygote meanwhile)."""
 _SIGXCPU = 24
 _SIGKILL = 9
 
@@ -739,28 +741,34 @@ class SandboxPool:
         return float(min(self.config.restart_backoff_s * (2**recent), self.config.restart_backoff_max_s))
 
     def _spawn_into(self, group: _PluginWorkers, *, reason: str | None) -> None:
-        """Boot one worker for ``group`` (on the supervisor thread) and put it to work."""
+        """Boot one worker for ``group`` (on the supervisor thread) and put it to work.
+
+        A replacement (``reason`` set) is counted once, when the new worker is in place; a failed attempt
+        is retried under the same reason. Without a zygote the attempt is retried soon and counts toward
+        nothing (the supervisor restarts the zygote first); a worker that dies while booting counts as a crash.
+        """
         plugin_id = group.plan.plugin_id
         if not group.active:
             self._spawn_done(group, None)
             return
-        if reason is not None:
-            with group.cond:
-                group.restarts[reason] += 1
-            self._on_restart(plugin_id, reason)
         try:
             handle = self.supervisor.spawn_worker(group.plan)
         except BootError as exc:
             self._spawn_done(group, None)
             if exc.boot_failure:
                 self._fail_plugin(group, f"a replacement worker could not boot: {exc}")
-            elif not self._crash_loop(group):
+            elif exc.zygote_down or not self._crash_loop(group):
                 with self._lock:
                     self._total += 1
                 with group.cond:
                     group.spawning += 1
-                self.supervisor.schedule(self._backoff(group), lambda: self._spawn_into(group, reason="crash"))
+                delay = ZYGOTE_RETRY_S if exc.zygote_down else self._backoff(group)
+                self.supervisor.schedule(delay, lambda: self._spawn_into(group, reason=reason))
             return
+        if reason is not None and group.active:
+            with group.cond:
+                group.restarts[reason] += 1
+            self._on_restart(plugin_id, reason)
         self._spawn_done(group, handle)
 
     def _spawn_done(self, group: _PluginWorkers, handle: WorkerHandle | None) -> None:

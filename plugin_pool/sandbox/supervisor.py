@@ -74,12 +74,16 @@ class BootError(SandboxError):
     """A worker could not boot: it exited, did not serve in time, or its plugin failed initialize/start.
 
     ``boot_failure`` is True when the worker exited with a boot exit code (confinement or plugin import
-    failed), which will not get better by retrying.
+    failed), which will not get better by retrying. ``zygote_down`` is True when there was no zygote to
+    fork it (or it died meanwhile): not the plugin's doing, and worth retrying once the zygote is back.
     """
 
-    def __init__(self, message: str, *, plugin_id: str, pid: int | None, boot_failure: bool = False) -> None:
+    def __init__(
+        self, message: str, *, plugin_id: str, pid: int | None, boot_failure: bool = False, zygote_down: bool = False
+    ) -> None:
         super().__init__(message, plugin_id=plugin_id, pid=pid)
         self.boot_failure = boot_failure
+        self.zygote_down = zygote_down
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,10 +435,11 @@ class Supervisor:
         _log.info("zygote started", extra={"event": "zygote_started", "pid": zygote.pid})
 
     def run_due_tasks(self) -> None:
-        """Run every scheduled task whose time has come."""
+        """Run every scheduled task whose time has come, while there is a zygote (without one, the loop
+        starts it first: only this thread does, so a task waiting for it here would wait in vain)."""
         while True:
             with self._lock:
-                if not self._tasks or self._tasks[0][0] > time.monotonic():
+                if self._zygote is None or not self._tasks or self._tasks[0][0] > time.monotonic():
                     return
                 _, _, task = heapq.heappop(self._tasks)
             try:
@@ -543,10 +548,15 @@ class Supervisor:
         """Fork a worker for ``plan`` and boot it: serve, initialize, start. Blocks (about 20 ms).
 
         Raises BootError if the worker exits, does not serve within ``boot_timeout_s``, or its plugin's
-        initialize or start fails; the process is killed in that case.
+        initialize or start fails; the process is killed in that case. Without a zygote it waits for one
+        (up to ``boot_timeout_s``), except on the supervisor thread, which is the one that starts it: there
+        it raises BootError with ``zygote_down`` at once.
         """
-        if not self._zygote_ready.wait(self.config.boot_timeout_s):
-            raise BootError("the sandbox zygote is not running", plugin_id=plan.plugin_id, pid=None)
+        on_supervisor = threading.current_thread() is self._thread
+        if (on_supervisor and not self._zygote_ready.is_set()) or not self._zygote_ready.wait(
+            self.config.boot_timeout_s
+        ):
+            raise BootError("the sandbox zygote is not running", plugin_id=plan.plugin_id, pid=None, zygote_down=True)
         assert self.base_dir is not None
         number = next(self._ids)
         directory = self.base_dir / f"{plan.plugin_id}-{number}"
@@ -562,7 +572,7 @@ class Supervisor:
             zygote = self._zygote
             self._pending[number] = (future, handle)
         if zygote is None:
-            raise BootError("the sandbox zygote is not running", plugin_id=plan.plugin_id, pid=None)
+            raise BootError("the sandbox zygote is not running", plugin_id=plan.plugin_id, pid=None, zygote_down=True)
         deadline = time.monotonic() + self.config.boot_timeout_s
         try:
             zygote.send({"op": "spawn", "id": number, "spec": spec})
@@ -589,7 +599,15 @@ class Supervisor:
         except BaseException as exc:
             with self._lock:
                 self._pending.pop(number, None)
+                zygote_died = self._zygote is not zygote
             self.kill_worker(handle, "boot")
+            if zygote_died and isinstance(exc, Exception) and not getattr(exc, "boot_failure", False):
+                raise BootError(
+                    f"plugin {plan.plugin_id!r}: the sandbox zygote died while this worker booted",
+                    plugin_id=plan.plugin_id,
+                    pid=handle.pid,
+                    zygote_down=True,
+                ) from exc
             if isinstance(exc, BootError):
                 raise
             if isinstance(exc, FutureTimeout):

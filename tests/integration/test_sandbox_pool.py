@@ -297,6 +297,40 @@ def test_zygote_death_kills_its_workers_and_is_recovered(open_host: HostFactory,
     assert host.is_active("beta")
 
 
+def test_the_zygote_killed_again_while_it_replaces_workers_and_the_pool_still_recovers(
+    open_host: HostFactory, make_plugin: PluginFactory
+) -> None:
+    host = open_host({"boot_timeout_s": 10.0})
+    host.add_plugin_dir(make_plugin("hydra", pool={"min_workers": 6, "max_workers": 6}))
+    host.start_plugins()
+    first = zygote_pid(host)
+    psutil.Process(first).kill()
+
+    def second_zygote_forking() -> int | None:
+        zygote = host.sandbox.supervisor.zygote_pid
+        return zygote if zygote not in (None, first) and len(live_children(zygote)) >= 2 else None
+
+    second = wait_until(second_zygote_forking, "a new zygote to be replacing workers")
+    replaced_before = len(live_children(second))
+    psutil.Process(second).kill()  # mid-replacement: some of the six are booted, the rest are not
+
+    def recovered() -> bool:
+        zygote = host.sandbox.supervisor.zygote_pid
+        return zygote not in (None, first, second) and len(worker_pids(host, "hydra")) == 6
+
+    wait_until(recovered, "a third zygote and six workers", timeout_s=10)
+    assert host.invoke("hydra", "act", {"op": "double", "n": 4}) == 8
+    assert host.is_active("hydra")
+    assert host.sandbox.supervisor.zygote_restarts == 2
+    # Each worker lost in service is replaced and counted once, when its replacement is in place: the six
+    # the first zygote took, and those of the second's that had finished booting (a worker still booting
+    # is the same replacement, tried again); an attempt that found no zygote counts for nothing.
+    restarts = host.restarts[("hydra", "crash")]
+    assert 6 <= restarts <= 6 + replaced_before
+    assert dict(host.sandbox.get_stats("hydra").restarts) == {"crash": restarts}
+    assert restart_events(host, "hydra") == ["crash"] * restarts
+
+
 _HOST_SCRIPT = """
 import json, sys, time
 from plugin_pool import PluginHost, load_config
