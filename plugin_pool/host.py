@@ -265,10 +265,12 @@ class PluginHost:
         """The Prometheus registry the host's metrics are on (plugin_pool.metrics); a private one unless the
         caller passed one. The library serves nothing: expose it as the application does its own."""
         self._metrics = HostMetrics(self.metrics_registry, self._list_metric_samples)
-        # An operator's disable/enable reaches every host sharing the registry (PostgreSQL: LISTEN/NOTIFY).
-        # The registry calls back in its own thread, which must not block: the change is applied here, in
-        # order, by one thread of the host's own.
-        self._admin = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plugin-pool-admin")
+        # One thread of the host's own, in order, for work that must not hold up the thread that asks for
+        # it: an operator's disable/enable (the registry calls back in its listener thread, which must not
+        # block) and the audit of worker replacements (the sandbox supervisor thread must never wait for a
+        # database that just went away).
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plugin-pool-host")
+        self._closing = False
         self._unsubscribe: Callable[[], None] | None = None
         try:
             self._unsubscribe = self.registry.subscribe(self._on_registry_change)
@@ -287,9 +289,10 @@ class PluginHost:
 
     def close(self) -> None:
         """Stop every Active plugin in reverse start order, then release the host. Idempotent; blocks."""
+        self._closing = True  # operators' changes still queued are dropped; audit writes are not
         if self._unsubscribe is not None:
             self._unsubscribe()
-        self._admin.shutdown(wait=True, cancel_futures=True)  # a change being applied ends first
+        self._background.shutdown(wait=True)
         with self._lock:
             if self._closed:
                 return
@@ -1028,16 +1031,26 @@ class PluginHost:
         return self._pool
 
     def _on_restart(self, plugin_id: str, reason: str) -> None:
-        self.restarts[plugin_id, reason] += 1
-        self._metrics.count_restart(plugin_id, reason)
+        """A worker was replaced (the sandbox supervisor thread): audit and count it in the background."""
+        try:
+            self._background.submit(self._count_restart, plugin_id, reason)
+        except RuntimeError:  # the host is closing: no thread to hand it to
+            self._count_restart(plugin_id, reason)
+
+    def _count_restart(self, plugin_id: str, reason: str) -> None:
+        # The audit first, so whoever sees the counter move finds the event too.
         slot = self._slots.get(plugin_id)
-        self.registry.record_event(
-            EventKind.WORKER_RESTARTED,
-            plugin_id=plugin_id,
-            actor=self._actor,
-            state=slot.state if slot else None,
-            details={"reason": reason},
-        )
+        try:
+            self.registry.record_event(
+                EventKind.WORKER_RESTARTED,
+                plugin_id=plugin_id,
+                actor=self._actor,
+                state=slot.state if slot else None,
+                details={"reason": reason},
+            )
+        finally:
+            self._metrics.count_restart(plugin_id, reason)
+            self.restarts[plugin_id, reason] += 1
 
     def _on_sandbox_failure(self, plugin_id: str, reason: str) -> None:
         with self._lock:
@@ -1225,7 +1238,7 @@ class PluginHost:
         if change.kind != "enabled" or change.plugin_id not in self._slots:
             return
         try:
-            self._admin.submit(self._apply_enabled, change)
+            self._background.submit(self._apply_enabled, change)
         except RuntimeError:  # the host is closing
             return
 
@@ -1234,7 +1247,7 @@ class PluginHost:
         actor = change.actor or "registry"
         with self._lock:
             slot = self._slots.get(change.plugin_id)
-            if slot is None or self._closed:
+            if slot is None or self._closing:
                 return
             if change.enabled is False:
                 if slot.disabled is not None:
