@@ -170,7 +170,8 @@ class PluginRegistry(Protocol):
         """Record a plugin version and its capabilities. Idempotent for the same id, version and hash.
 
         A new plugin starts Discovered and a ``registered`` event is audited. Registering the same version
-        with a different hash raises RegistryError (the code changed without a new version).
+        with a different hash raises RegistryError (the code changed without a new version). A known plugin
+        registered with another trust level is audited too (``registered``, with ``previous_trust_level``).
         """
         ...
 

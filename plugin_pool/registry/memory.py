@@ -110,6 +110,18 @@ class InMemoryPluginRegistry:
                     {"version": str(info.version), "trust_level": info.trust_level.value},
                 )
             else:
+                if record.trust_level is not info.trust_level:
+                    self._append_event(
+                        EventKind.REGISTERED,
+                        info.id,
+                        actor,
+                        record.status,
+                        {
+                            "version": str(info.version),
+                            "trust_level": info.trust_level.value,
+                            "previous_trust_level": record.trust_level.value,
+                        },
+                    )
                 record = replace(
                     record,
                     name=info.name,

@@ -594,7 +594,8 @@ class PostgresPluginRegistry:
         with conn.transaction():
             row = conn.execute(self._q["insert_new_plugin"], {**values, "config": values["new_config"]}).fetchone()
             if row is None:  # known plugin: lock it, so hosts registering it at once take turns
-                conn.execute(self._q["lock_plugin"], [plugin_id])
+                locked = conn.execute(self._q["lock_plugin"], [plugin_id]).fetchone()
+                assert locked is not None  # plugins are never deleted
                 existing = conn.execute(self._q["find_version"], [plugin_id, values["version_key"]]).fetchone()
                 if existing is not None and existing[1] != assembly_hash:
                     raise RegistryError(
@@ -604,6 +605,18 @@ class PostgresPluginRegistry:
                     )
                 row = conn.execute(self._q["update_plugin"], values).fetchone()
                 assert row is not None  # locked above
+                if locked[2] != values["trust_level"]:  # a trust change is never silent
+                    previous = {"previous_trust_level": locked[2]}
+                    audit = _PendingWrite(
+                        "event",
+                        plugin_id,
+                        values["actor"],
+                        _utcnow(),
+                        {**values["details"].obj, **previous},
+                        EventKind.REGISTERED,
+                        PluginState(row[3]),
+                    )
+                    self._insert_event(conn, audit, at=None)
                 if existing is not None:
                     return _plugin_record(row)
             conn.execute(self._q["insert_version"], values)

@@ -535,3 +535,20 @@ def test_subscribers_are_told_of_every_disable_and_enable(registry: PluginRegist
     registry.set_enabled("scanner", False, actor="ops/alice")
     time.sleep(0.3)  # a delivery after unsubscribing would have arrived by now
     assert len(seen) == 2
+
+
+def test_registering_a_known_plugin_with_another_trust_level_is_audited(registry: PluginRegistry) -> None:
+    register(registry, trust_level=TrustLevel.UNTRUSTED)
+    register(registry, trust_level=TrustLevel.UNTRUSTED)  # the same: nothing more to say
+    record = register(registry, trust_level=TrustLevel.TRUSTED, version="1.1.0")
+
+    assert record.trust_level is TrustLevel.TRUSTED
+    events = registry.list_events(plugin_id="scanner")
+    assert [(e.event, e.state, dict(e.details)) for e in events] == [
+        (EventKind.REGISTERED, S.DISCOVERED, {"version": "1.0.0", "trust_level": "untrusted"}),
+        (
+            EventKind.REGISTERED,
+            S.DISCOVERED,
+            {"version": "1.1.0", "trust_level": "trusted", "previous_trust_level": "untrusted"},
+        ),
+    ]
