@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from plugin_pool import PluginHost, load_config
@@ -31,23 +30,6 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout_s: float = 5.0, 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(poll_s)
-
-
-def is_gone(pid: int) -> bool:
-    """Whether the process is dead (a zombie not yet reaped by its parent counts as dead)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def live_children(pid: int) -> list[int]:
-    """Pids of ``pid``'s children that are still running (zombies excluded)."""
-    try:
-        children = psutil.Process(pid).children()
-    except psutil.NoSuchProcess:
-        return []
-    return sorted(c.pid for c in children if not is_gone(c.pid))
 
 
 def zygote_pid(host: PluginHost) -> int:
@@ -93,23 +75,6 @@ def new_host(
     if lifecycle:
         overrides["lifecycle"] = lifecycle
     return PluginHost(load_config(overrides=overrides)).open()
-
-
-def close_host(host: PluginHost) -> None:
-    """Close ``host`` and make sure its zygote and workers are gone, whatever state the test left."""
-    pids: list[int] = []
-    pool = host.sandbox
-    zygote = pool.supervisor.zygote_pid if pool is not None else None
-    if zygote is not None:
-        pids.append(zygote)
-        pids += live_children(zygote)
-    host.close()
-    for pid in pids:
-        if not is_gone(pid):
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
 
 
 class RecordList(logging.Handler):

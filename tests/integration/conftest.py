@@ -14,8 +14,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from _hosts import close_host
 from _pg import DSN, Proxy
-from _pool_helpers import CHAOS, Clock, RecordList, attach_recorder, close_host, copy_plugin, new_host
+from _pool_helpers import CHAOS, Clock, RecordList, attach_recorder, copy_plugin, new_host
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pool_helpers import close_host
+from _hosts import close_host
 
 from plugin_pool import PluginHost, load_config
 from plugin_pool.integrity import load_private_key, sign_plugin, write_keypair

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _hosts import is_gone, live_children
 from _pool_helpers import (
     PLUGINS,
     Clock,
     RecordList,
-    is_gone,
-    live_children,
     wait_until,
     worker_pids,
     zygote_pid,

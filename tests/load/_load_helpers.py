@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from plugin_pool import Config, PluginHost, load_config
 
 FAST_SANDBOX: Mapping[str, Any] = {
@@ -49,25 +47,6 @@ def load_config_for_tests(*, registry: Mapping[str, Any] | None = None, **sandbo
 def new_host(config: Config | None = None, **sandbox: Any) -> PluginHost:
     """An open host with ``config`` (default :func:`load_config_for_tests` with ``sandbox`` overrides)."""
     return PluginHost(config or load_config_for_tests(**sandbox)).open()
-
-
-def close_host(host: PluginHost) -> None:
-    """Close ``host`` and make sure its zygote and workers are gone, whatever state the test left it in."""
-    pids: list[int] = []
-    pool = host.sandbox
-    zygote = pool.supervisor.zygote_pid if pool is not None else None
-    if zygote is not None:
-        pids.append(zygote)
-        try:
-            pids += [c.pid for c in psutil.Process(zygote).children()]
-        except psutil.NoSuchProcess:
-            pass
-    host.close()
-    for pid in pids:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def scaled(n: float, scale: float, *, minimum: int = 1) -> int:

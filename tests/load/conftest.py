@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from _load_helpers import PostgresCluster, close_host, new_host
+from _hosts import close_host
+from _load_helpers import PostgresCluster, new_host
 
 from plugin_pool import PluginHost
 
