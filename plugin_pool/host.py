@@ -851,19 +851,18 @@ class PluginHost:
         return plugin
 
     def _fail_integrity(self, slot: _Slot, exc: ContentHashMismatchError) -> None:
+        self._audit_hash_mismatch(slot, exc)
+        self._fail(slot, f"loading failed: {exc}")
+
+    def _audit_hash_mismatch(self, slot: _Slot, exc: ContentHashMismatchError) -> None:
         self._metrics.count_integrity_rejection(slot.info.id, "hash_mismatch")
         self.registry.record_event(
             EventKind.HASH_MISMATCH,
             plugin_id=slot.info.id,
             actor=self._actor,
             state=slot.state,
-            details={
-                "changes": exc.changes[:100],
-                "expected": exc.expected.digest,
-                "actual": exc.actual.digest,
-            },
+            details={"changes": exc.changes[:100], "expected": exc.expected.digest, "actual": exc.actual.digest},
         )
-        self._fail(slot, f"loading failed: {exc}")
 
     def _load(self, slot: _Slot) -> dict[str, Route]:
         """Read and validate the capabilities and resolve each to a route. Raises on any problem."""
@@ -986,14 +985,7 @@ class PluginHost:
             self._pool.start_plugin(plan, min_workers=low, max_workers=high)
         except ContentHashMismatchError as exc:
             self._batch_routes.pop(slot.info.id, None)
-            self._metrics.count_integrity_rejection(slot.info.id, "hash_mismatch")
-            self.registry.record_event(
-                EventKind.HASH_MISMATCH,
-                plugin_id=slot.info.id,
-                actor=self._actor,
-                state=slot.state,
-                details={"changes": exc.changes[:100], "expected": exc.expected.digest, "actual": exc.actual.digest},
-            )
+            self._audit_hash_mismatch(slot, exc)
             return f"loading failed: {exc}"
         except BootError as exc:
             self._batch_routes.pop(slot.info.id, None)

@@ -3,6 +3,9 @@ host so that its zygote and workers are gone whatever state a test left it in.""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import psutil
 
 from plugin_pool import PluginHost
@@ -40,3 +43,18 @@ def close_host(host: PluginHost) -> None:
                 psutil.Process(pid).kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def closed_after(new_host: Callable[..., PluginHost]) -> Iterator[Callable[..., PluginHost]]:
+    """The body of an ``open_host`` fixture: yield a factory calling ``new_host``, then close every host it
+    made, newest first (closing is idempotent, so a test may close one itself first)."""
+    hosts: list[PluginHost] = []
+
+    def make(*args: Any, **kwargs: Any) -> PluginHost:
+        host = new_host(*args, **kwargs)
+        hosts.append(host)
+        return host
+
+    yield make
+    for host in reversed(hosts):
+        close_host(host)

@@ -726,9 +726,7 @@ class PostgresPluginRegistry:
         def work(conn: psycopg.Connection[tuple[Any, ...]]) -> PluginRecord:
             row = conn.execute(self._q["set_enabled"], params).fetchone()
             if row is None:  # unknown, or already so
-                row = conn.execute(self._q["get_plugin"], [plugin_id]).fetchone()
-                if row is None:
-                    raise _not_found(plugin_id)
+                return self._read_plugin(conn, plugin_id)
             return _plugin_record(row)
 
         record = self._run("set_enabled", work, plugin_id=plugin_id)
@@ -742,13 +740,7 @@ class PostgresPluginRegistry:
         if not _is_plugin_id(plugin_id):
             raise _not_found(plugin_id)
 
-        def work(conn: psycopg.Connection[tuple[Any, ...]]) -> PluginRecord:
-            row = conn.execute(self._q["get_plugin"], [plugin_id]).fetchone()
-            if row is None:
-                raise _not_found(plugin_id)
-            return _plugin_record(row)
-
-        record = self._run("get_plugin", work, plugin_id=plugin_id)
+        record = self._run("get_plugin", lambda conn: self._read_plugin(conn, plugin_id), plugin_id=plugin_id)
         self._remember(record)
         return record
 
@@ -1065,6 +1057,12 @@ class PostgresPluginRegistry:
                 raise RegistryConflictError(plugin_id, source, actual)
             # expected=None: another host moved it between our read and our write; read again.
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _read_plugin(self, conn: psycopg.Connection[tuple[Any, ...]], plugin_id: str) -> PluginRecord:
+        row = conn.execute(self._q["get_plugin"], [plugin_id]).fetchone()
+        if row is None:
+            raise _not_found(plugin_id)
+        return _plugin_record(row)
 
     def _read_status(self, conn: psycopg.Connection[tuple[Any, ...]], plugin_id: str) -> PluginState:
         row = conn.execute(self._q["get_status"], [plugin_id]).fetchone()

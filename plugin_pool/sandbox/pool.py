@@ -81,13 +81,12 @@ class _Waiter:
 
 @dataclass(eq=False)
 class _PluginWorkers:
-    """The workers of one plugin and the calls waiting for them. Guarded by ``lock`` (``cond`` uses it)."""
+    """The workers of one plugin and the calls waiting for them. Guarded by ``lock``."""
 
     plan: WorkerPlan
     min_workers: int
     max_workers: int
     lock: threading.RLock = field(default_factory=threading.RLock)
-    cond: threading.Condition = field(init=False)
     idle: list[WorkerHandle] = field(default_factory=list)
     workers: set[WorkerHandle] = field(default_factory=set)
     spawning: int = 0
@@ -105,9 +104,6 @@ class _PluginWorkers:
     shrinking: set[WorkerHandle] = field(default_factory=set)
     """Workers retired because the pool was made smaller (still in ``workers`` until their exit)."""
 
-    def __post_init__(self) -> None:
-        self.cond = threading.Condition(self.lock)
-
     @property
     def waiting(self) -> int:
         """How many calls wait for a worker (caller holds the lock)."""
@@ -115,7 +111,6 @@ class _PluginWorkers:
 
     def wake_all(self) -> None:
         """Wake every waiting call to look at the group again: it stopped, or it may grow (caller holds lock)."""
-        self.cond.notify_all()
         for waiter in self.waiters:
             waiter.cond.notify()
 
@@ -158,7 +153,7 @@ class SandboxPool:
             groups = list(self._plugins.values())
             self._plugins.clear()
         for group in groups:
-            with group.cond:
+            with group.lock:
                 group.active = False
                 group.wake_all()
         with self._lock:
@@ -221,7 +216,7 @@ class SandboxPool:
                 self.supervisor.kill_worker(handle, "stop")
             self.supervisor.unstage_plugin(plan.plugin_dir)
             raise
-        with group.cond:
+        with group.lock:
             group.spawning = 0
             group.workers.update(booted)
             group.idle.extend(booted)
@@ -236,7 +231,7 @@ class SandboxPool:
             group = self._plugins.pop(plugin_id, None)
         if group is None:
             return None
-        with group.cond:
+        with group.lock:
             group.active = False
             group.wake_all()
             workers = list(group.workers)
@@ -278,7 +273,7 @@ class SandboxPool:
         group = self._plugins.get(plugin_id)
         if group is None:
             raise PluginNotActiveError(plugin_id, PluginState.STOPPED, "it has no sandbox workers")
-        with group.cond:
+        with group.lock:
             low = group.min_workers if min_workers is None else min_workers
             high = group.max_workers if max_workers is None else max_workers
             if max_workers is None and high < low:
@@ -353,7 +348,7 @@ class SandboxPool:
         return config
 
     def _trim(self, group: _PluginWorkers) -> None:
-        """Retire idle workers while the plugin has more than its maximum (caller holds cond). Busy ones
+        """Retire idle workers while the plugin has more than its maximum (caller holds the lock). Busy ones
         are left to their call; ``_release`` trims again when it returns."""
         while group.idle and len(group.workers) - len(group.shrinking) > group.max_workers:
             handle = group.idle.pop(0)  # the least recently used: warm workers stay warm
@@ -516,7 +511,7 @@ class SandboxPool:
             reply = rpc(handle, max(deadline - time.monotonic(), 0.001))
         except (grpc.RpcError, _WorkerLost, ValueError) as exc:  # ValueError: its channel was just closed
             error = self._call_failed(group, handle, capability, exc, timeout_s)
-            with group.cond:
+            with group.lock:
                 group.errors += 1
                 group.last_error = str(error)[:500]
             raise error from None
@@ -539,7 +534,7 @@ class SandboxPool:
     ) -> WorkerHandle:
         """An idle worker for one call; when there is none, wait in line: workers go to waiting calls in the
         order they came (a call arriving later never takes a worker before one that waits)."""
-        with group.cond:
+        with group.lock:
             if not group.active:
                 raise PluginNotActiveError(plugin_id, PluginState.STOPPED, "its sandbox workers were stopped")
             if not group.waiters:
@@ -592,7 +587,7 @@ class SandboxPool:
             waiter.cond.notify()
 
     def _grow(self, group: _PluginWorkers) -> None:
-        """Ask for one more worker when every worker is busy and the limits allow (caller holds cond)."""
+        """Ask for one more worker when every worker is busy and the limits allow (caller holds the lock)."""
         if group.spawning or len(group.workers) >= group.max_workers:
             return
         with self._lock:
@@ -603,7 +598,7 @@ class SandboxPool:
         self.supervisor.schedule(0.0, lambda: self._spawn_into(group, reason=None))
 
     def _release(self, group: _PluginWorkers, handle: WorkerHandle) -> None:
-        with group.cond:
+        with group.lock:
             handle.calls += 1
             calls_limit, age_limit_s = group.recycle_limits.get(handle, (self.config.recycle_after_calls, 0.0))
             too_old = age_limit_s and time.monotonic() - handle.booted_at > age_limit_s
@@ -616,7 +611,7 @@ class SandboxPool:
                 self._serve_waiters(group)
 
     def _recycle(self, group: _PluginWorkers, handle: WorkerHandle, reason: str) -> None:
-        """Retire an idle worker gracefully and count its replacement under ``reason`` (caller holds cond)."""
+        """Retire an idle worker gracefully and count its replacement under ``reason`` (caller holds the lock)."""
         group.recycling += 1
         handle.retiring = True
         handle.recycle_for = reason
@@ -691,7 +686,7 @@ class SandboxPool:
         group = self._plugins.get(handle.plugin_id)
         if group is None:
             return
-        with group.cond:
+        with group.lock:
             if handle not in group.workers:
                 return
             group.workers.discard(handle)
@@ -716,14 +711,14 @@ class SandboxPool:
             return
         with self._lock:
             self._total += 1
-        with group.cond:
+        with group.lock:
             group.spawning += 1
         delay = self._backoff(group) if reason == "crash" else 0.0
         self.supervisor.schedule(delay, lambda: self._spawn_into(group, reason=reason))
 
     def _crash_loop(self, group: _PluginWorkers) -> bool:
         now = time.monotonic()
-        with group.cond:
+        with group.lock:
             group.crashes.append(now)
             while group.crashes and now - group.crashes[0] > self.config.crash_window_s:
                 group.crashes.popleft()
@@ -760,19 +755,19 @@ class SandboxPool:
             elif exc.zygote_down or not self._crash_loop(group):
                 with self._lock:
                     self._total += 1
-                with group.cond:
+                with group.lock:
                     group.spawning += 1
                 delay = ZYGOTE_RETRY_S if exc.zygote_down else self._backoff(group)
                 self.supervisor.schedule(delay, lambda: self._spawn_into(group, reason=reason))
             return
         if reason is not None and group.active:
-            with group.cond:
+            with group.lock:
                 group.restarts[reason] += 1
             self._on_restart(plugin_id, reason)
         self._spawn_done(group, handle)
 
     def _spawn_done(self, group: _PluginWorkers, handle: WorkerHandle | None) -> None:
-        with group.cond:
+        with group.lock:
             group.spawning = max(0, group.spawning - 1)
             if handle is not None and group.active:
                 group.workers.add(handle)
@@ -795,7 +790,7 @@ class SandboxPool:
             if self._plugins.get(plugin_id) is not group:
                 return
             del self._plugins[plugin_id]
-        with group.cond:
+        with group.lock:
             group.active = False
             group.wake_all()
             workers = list(group.workers)
@@ -822,7 +817,7 @@ class SandboxPool:
         group = self._plugins.get(plugin_id)
         if group is None:
             return None
-        with group.cond:
+        with group.lock:
             busy = len(group.workers) - len(group.idle)
             return PoolStats(
                 workers=len(group.workers),
@@ -842,7 +837,7 @@ class SandboxPool:
         group = self._plugins.get(plugin_id)
         if group is None:
             return []
-        with group.cond:
+        with group.lock:
             return sorted(h.pid for h in group.workers if h.pid is not None and not h.exited.is_set())
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from _hosts import close_host
+from _hosts import close_host, closed_after
 from _pg import DSN, Proxy
 from _pool_helpers import CHAOS, Clock, RecordList, attach_recorder, copy_plugin, new_host
 from psycopg import sql
@@ -37,16 +37,7 @@ def make_plugin(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def open_host() -> Iterator[Callable[..., PluginHost]]:
     """``open_host(sandbox={...}, call_timeout_s=..., lifecycle={...})``; every host is closed afterwards."""
-    hosts: list[PluginHost] = []
-
-    def make(*args: Any, **kwargs: Any) -> PluginHost:
-        host = new_host(*args, **kwargs)
-        hosts.append(host)
-        return host
-
-    yield make
-    for host in reversed(hosts):
-        close_host(host)
+    yield from closed_after(new_host)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from _hosts import close_host
+from _hosts import closed_after
 from _load_helpers import PostgresCluster, new_host
 
 from plugin_pool import PluginHost
@@ -50,16 +50,7 @@ def load_scale(pytestconfig: pytest.Config) -> float:
 def open_host() -> Iterator[Callable[..., PluginHost]]:
     """``open_host(config=None, **sandbox)``: an open host; every one is closed after the test (idempotent, so
     a test may close it itself first to check for leaks)."""
-    hosts: list[PluginHost] = []
-
-    def make(*args: Any, **kwargs: Any) -> PluginHost:
-        host = new_host(*args, **kwargs)
-        hosts.append(host)
-        return host
-
-    yield make
-    for host in reversed(hosts):
-        close_host(host)
+    yield from closed_after(new_host)
 
 
 @pytest.fixture
