@@ -29,7 +29,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from plugin_pool.errors import InvalidPluginError
+from plugin_pool.errors import ContentHashMismatchError, InvalidPluginError
 from plugin_pool.integrity import (
     ContentHash,
     IntegrityError,
@@ -67,29 +67,6 @@ ErrorKind = Literal["manifest", "signature", "integrity", "host_version", "dupli
 """Why a candidate was not accepted: a bad manifest, a rejected signature, a content problem (a symlink
 leaving the folder, an unreadable file), an unsupported host version, an id seen before, an unusable entry
 point name, or a configured path that does not exist."""
-
-
-class ContentHashMismatchError(IntegrityError):
-    """A plugin's files differ from the content hash recorded when it was registered.
-
-    ``plugin_id`` names the plugin, ``changes`` what differs (``"changed: x.py"``, ``"added: y"``,
-    ``"removed: z"``), ``expected`` and ``actual`` the two digests.
-    """
-
-    def __init__(self, plugin_id: str, path: Path, expected: ContentHash, actual: ContentHash) -> None:
-        changes = expected.diff(actual)
-        shown = ", ".join(changes[:10]) + (f" and {len(changes) - 10} more" if len(changes) > 10 else "")
-        super().__init__(
-            f"content hash mismatch for plugin {plugin_id!r}: {shown or 'the content differs'} since it was "
-            f"registered (expected {expected.digest}, found {actual.digest}); the plugin's files changed after "
-            f"discovery: restore them, or re-run discovery and publish a new version",
-            path=path,
-            plugin_id=plugin_id,
-            field="content_hash",
-        )
-        self.changes = changes
-        self.expected = expected
-        self.actual = actual
 
 
 def check_content_hash(

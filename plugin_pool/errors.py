@@ -1,17 +1,90 @@
-"""One error hierarchy for plugin_pool.
+"""One error hierarchy for plugin_pool: every class a caller can meet, all exported from ``plugin_pool``.
 
 Every error derives from :class:`PluginPoolError` and carries the identifiers a caller needs
-(plugin id, state, capability) as attributes. Messages say what happened and what to do.
+(plugin id, state, capability, worker pid) as attributes. Messages say what happened and what to do.
 Timeouts also derive from :class:`TimeoutError` so ``except TimeoutError`` works.
+
+Whether a failed call is safe to retry follows from its type (the README has the table):
+
+- never ran: :class:`QueueTimeoutError` (waited for a worker past its deadline), :class:`PoolOverloadedError`,
+  :class:`PluginNotActiveError`, :class:`HostClosedError` -- retry once the cause is gone;
+- ran and was stopped: :class:`CallTimeoutError` (``started`` is True), :class:`WorkerCrashedError`,
+  :class:`ResourceLimitError` -- the plugin may have had effects; retry only idempotent calls, and never
+  a :class:`ResourceLimitError` unchanged (the same input hits the same limit).
+
+::
+
+    PluginPoolError
+    ├── ConfigError (ValueError)
+    ├── InvalidPluginError (ValueError)
+    │   ├── ManifestError
+    │   └── IntegrityError
+    │       ├── SignatureError
+    │       └── ContentHashMismatchError
+    ├── DuplicatePluginError, PluginNotFoundError (LookupError), IllegalTransitionError
+    ├── PluginNotActiveError, PluginDisabledError, RequiredPluginError, HostClosedError
+    ├── CapabilityDeniedError, TrustViolationError, ServiceNotAllowedError (PermissionError)
+    ├── LifecycleError
+    │   └── LifecycleTimeoutError (TimeoutError)
+    ├── PluginCallError
+    ├── CallTimeoutError (TimeoutError)
+    │   └── QueueTimeoutError
+    ├── PayloadError (TypeError)
+    ├── RegistryError
+    │   ├── RegistryConflictError
+    │   └── RegistryUnavailableError
+    └── SandboxError
+        ├── WorkerCrashedError
+        ├── ResourceLimitError
+        ├── PoolOverloadedError
+        ├── MalformedReplyError
+        └── ConfinementUnavailableError
 """
 
 from __future__ import annotations
 
 import signal as _signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from plugin_pool.integrity import ContentHash
     from plugin_pool.lifecycle import PluginState
+
+__all__ = [
+    "CallTimeoutError",
+    "CapabilityDeniedError",
+    "ConfigError",
+    "ConfinementUnavailableError",
+    "ContentHashMismatchError",
+    "DuplicatePluginError",
+    "HostClosedError",
+    "IllegalTransitionError",
+    "IntegrityError",
+    "InvalidPluginError",
+    "LifecycleError",
+    "LifecycleTimeoutError",
+    "MalformedReplyError",
+    "ManifestError",
+    "PayloadError",
+    "PluginCallError",
+    "PluginDisabledError",
+    "PluginNotActiveError",
+    "PluginNotFoundError",
+    "PluginPoolError",
+    "PoolOverloadedError",
+    "QueueTimeoutError",
+    "RegistryConflictError",
+    "RegistryError",
+    "RegistryUnavailableError",
+    "RequiredPluginError",
+    "ResourceLimitError",
+    "SandboxError",
+    "ServiceNotAllowedError",
+    "SignatureError",
+    "TrustViolationError",
+    "WorkerCrashedError",
+]
 
 
 class PluginPoolError(Exception):
@@ -42,6 +115,68 @@ class InvalidPluginError(PluginPoolError, ValueError):
     def __init__(self, message: str, *, plugin_id: str | None = None, field: str | None = None) -> None:
         super().__init__(message, plugin_id=plugin_id)
         self.field = field
+
+
+class ManifestError(InvalidPluginError):
+    """A manifest is missing, unreadable or invalid; ``path`` names the file and ``field`` the key."""
+
+    def __init__(self, message: str, *, path: Path, field: str | None = None, plugin_id: str | None = None) -> None:
+        super().__init__(f"{path}: {message}", plugin_id=plugin_id, field=field)
+        self.path = path
+
+
+class IntegrityError(InvalidPluginError):
+    """A plugin folder cannot be hashed, or a manifest or key file cannot be read; ``path`` names the file."""
+
+    def __init__(
+        self, message: str, *, path: Path | str, plugin_id: str | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(f"{path}: {message}", plugin_id=plugin_id, field=field)
+        self.path = Path(path)
+
+
+class SignatureError(IntegrityError):
+    """A plugin's signature is missing or does not verify.
+
+    ``reason`` is one of ``unsigned``, ``malformed``, ``algorithm``, ``unknown_key``, ``bad_signature``,
+    ``content_changed``; ``key_id`` names the signing key when the signature names one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | str,
+        reason: str,
+        key_id: str | None = None,
+        plugin_id: str | None = None,
+    ) -> None:
+        super().__init__(message, path=path, plugin_id=plugin_id, field="signature")
+        self.reason = reason
+        self.key_id = key_id
+
+
+class ContentHashMismatchError(IntegrityError):
+    """A plugin's files differ from the content hash recorded when it was registered.
+
+    ``plugin_id`` names the plugin, ``changes`` what differs (``"changed: x.py"``, ``"added: y"``,
+    ``"removed: z"``), ``expected`` and ``actual`` the two digests.
+    """
+
+    def __init__(self, plugin_id: str, path: Path, expected: ContentHash, actual: ContentHash) -> None:
+        changes = expected.diff(actual)
+        shown = ", ".join(changes[:10]) + (f" and {len(changes) - 10} more" if len(changes) > 10 else "")
+        super().__init__(
+            f"content hash mismatch for plugin {plugin_id!r}: {shown or 'the content differs'} since it was "
+            f"registered (expected {expected.digest}, found {actual.digest}); the plugin's files changed after "
+            f"discovery: restore them, or re-run discovery and publish a new version",
+            path=path,
+            plugin_id=plugin_id,
+            field="content_hash",
+        )
+        self.changes = changes
+        self.expected = expected
+        self.actual = actual
 
 
 class DuplicatePluginError(PluginPoolError):
@@ -173,17 +308,51 @@ class PluginCallError(PluginPoolError):
 
 
 class CallTimeoutError(PluginPoolError, TimeoutError):
-    """A call did not finish within its deadline."""
+    """A call did not finish within its deadline.
 
-    def __init__(self, plugin_id: str, capability: str, timeout_s: float, *, pid: int | None = None) -> None:
+    ``started`` says whether the plugin's code began to run. This class itself means it did: the call ran
+    and was stopped (an ``async def`` coroutine cancelled; a sandbox worker killed -- ``pid`` -- and
+    replaced), so the plugin may have had effects and a retry is safe only for idempotent calls. A call
+    that never started raises the subclass :class:`QueueTimeoutError` (``started`` False), safe to retry.
+    """
+
+    started: bool = True
+
+    def __init__(
+        self, plugin_id: str, capability: str, timeout_s: float, *, pid: int | None = None, message: str | None = None
+    ) -> None:
         killed = f"; worker pid {pid} was killed and is being replaced" if pid is not None else ""
         super().__init__(
-            f"plugin {plugin_id!r}: call to {capability!r} did not finish within {timeout_s:g} s{killed}",
+            message or f"plugin {plugin_id!r}: call to {capability!r} did not finish within {timeout_s:g} s{killed}",
             plugin_id=plugin_id,
         )
         self.capability = capability
         self.timeout_s = timeout_s
         self.pid = pid
+
+
+class QueueTimeoutError(CallTimeoutError):
+    """The call's deadline passed while it waited for a worker (or a dispatcher thread): it never started.
+
+    Nothing of the plugin ran, so a retry is safe; the plugin was busy (raise ``max_workers`` or the
+    deadline, or send less). ``started`` is False; ``waited_s`` is how long it waited.
+    """
+
+    started = False
+
+    def __init__(self, plugin_id: str, capability: str, timeout_s: float, *, waited_s: float | None = None) -> None:
+        waited = timeout_s if waited_s is None else waited_s
+        super().__init__(
+            plugin_id,
+            capability,
+            timeout_s,
+            message=(
+                f"plugin {plugin_id!r}: call to {capability!r} waited {waited:.3g} s for a free worker and never "
+                f"started (deadline {timeout_s:g} s); it is safe to retry; raise the plugin's max_workers or the "
+                f"timeout if this recurs"
+            ),
+        )
+        self.waited_s = waited
 
 
 class HostClosedError(PluginPoolError):
@@ -205,6 +374,15 @@ class RegistryConflictError(RegistryError):
         )
         self.expected = expected
         self.actual = actual
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry database cannot be reached; ``host`` and ``port`` say where it was expected."""
+
+    def __init__(self, message: str, *, host: str, port: str, plugin_id: str | None = None) -> None:
+        super().__init__(message, plugin_id=plugin_id)
+        self.host = host
+        self.port = port
 
 
 class RequiredPluginError(PluginPoolError):
@@ -236,15 +414,7 @@ class WorkerCrashedError(SandboxError):
         capability: str | None = None,
         detail: str = "",
     ) -> None:
-        if signal is not None:
-            try:
-                how = f"killed by signal {_signal.Signals(signal).name} ({signal})"
-            except ValueError:
-                how = f"killed by signal {signal}"
-        elif exit_code is not None:
-            how = f"exited with code {exit_code}"
-        else:
-            how = "died"
+        how = _describe_exit(exit_code, signal)
         during = f" during {capability!r}" if capability else ""
         super().__init__(
             f"plugin {plugin_id!r}: worker pid {pid} {how}{during}{': ' + detail if detail else ''}; "
@@ -257,11 +427,13 @@ class WorkerCrashedError(SandboxError):
         self.capability = capability
 
 
-class ResourceLimitError(WorkerCrashedError):
+class ResourceLimitError(SandboxError):
     """The worker hit a resource limit; ``limit`` names it (``cpu``, ``memory``, ``file_size``, ...).
 
-    A CPU limit kills the worker (SIGXCPU); a memory limit fails the allocation, and the worker, which
-    is still alive, is recycled once idle. Either way the call failed and the worker is replaced.
+    A sibling of :class:`WorkerCrashedError`, not a kind of it: a retry-on-crash handler must not resend a
+    call that will hit the same limit again. A CPU limit kills the worker (SIGXCPU; ``signal`` is set); a
+    memory limit fails the allocation, and the worker, still alive, is recycled once idle. Either way the
+    call failed and the worker is replaced.
     """
 
     def __init__(
@@ -274,24 +446,19 @@ class ResourceLimitError(WorkerCrashedError):
         signal: int | None = None,
         capability: str | None = None,
     ) -> None:
+        during = f" during {capability!r}" if capability else ""
+        how = f" ({_describe_exit(exit_code, signal)})" if signal is not None or exit_code is not None else ""
+        fix = f" (raise sandbox.{limit}_mb if the plugin needs more)" if limit == "memory" else ""
         super().__init__(
+            f"plugin {plugin_id!r}: worker pid {pid} reached its {limit} limit{during}{how}; the call failed and "
+            f"the worker is being replaced; resending the same input will hit the limit again{fix}",
             plugin_id=plugin_id,
             pid=pid,
-            exit_code=exit_code,
-            signal=signal,
-            capability=capability,
-            detail=f"its {limit} limit was exceeded",
         )
-        if exit_code is None and signal is None:
-            during = f" during {capability!r}" if capability else ""
-            self.args = (
-                f"plugin {plugin_id!r}: worker pid {pid} reached its {limit} limit{during}; the call failed "
-                f"and the worker is being replaced (raise sandbox.{limit}_mb if the plugin needs more)"
-                if limit == "memory"
-                else f"plugin {plugin_id!r}: worker pid {pid} reached its {limit} limit{during}; the call "
-                f"failed and the worker is being replaced",
-            )
         self.limit = limit
+        self.exit_code = exit_code
+        self.signal = signal
+        self.capability = capability
 
 
 class PoolOverloadedError(SandboxError):
@@ -304,3 +471,15 @@ class MalformedReplyError(SandboxError):
 
 class ConfinementUnavailableError(SandboxError):
     """The sandbox cannot confine workers as far as the configured minimum requires."""
+
+
+def _describe_exit(exit_code: int | None, signal: int | None) -> str:
+    """How a worker process ended, in words: ``killed by signal SIGKILL (9)``, ``exited with code 3``."""
+    if signal is not None:
+        try:
+            return f"killed by signal {_signal.Signals(signal).name} ({signal})"
+        except ValueError:
+            return f"killed by signal {signal}"
+    if exit_code is not None:
+        return f"exited with code {exit_code}"
+    return "died"

@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from plugin_pool.errors import InvalidPluginError
+from plugin_pool.errors import IntegrityError, SignatureError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -73,37 +73,6 @@ _KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 _SIGNATURE_KEYS = ("key_id", "algorithm", "content_hash", "value")
 _HEADER_RE = re.compile(r"^[ \t]*\[")
 _SIGNATURE_HEADER_RE = re.compile(r"^[ \t]*\[[ \t]*signature[ \t]*[\].]")
-
-
-class IntegrityError(InvalidPluginError):
-    """A plugin folder cannot be hashed, or a manifest or key file cannot be read; ``path`` names the file."""
-
-    def __init__(
-        self, message: str, *, path: Path | str, plugin_id: str | None = None, field: str | None = None
-    ) -> None:
-        super().__init__(f"{path}: {message}", plugin_id=plugin_id, field=field)
-        self.path = Path(path)
-
-
-class SignatureError(IntegrityError):
-    """A plugin's signature is missing or does not verify.
-
-    ``reason`` is one of ``unsigned``, ``malformed``, ``algorithm``, ``unknown_key``, ``bad_signature``,
-    ``content_changed``; ``key_id`` names the signing key when the signature names one.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: Path | str,
-        reason: str,
-        key_id: str | None = None,
-        plugin_id: str | None = None,
-    ) -> None:
-        super().__init__(message, path=path, plugin_id=plugin_id, field="signature")
-        self.reason = reason
-        self.key_id = key_id
 
 
 @dataclass(frozen=True)

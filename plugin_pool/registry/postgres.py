@@ -49,7 +49,13 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from plugin_pool.errors import IllegalTransitionError, PluginNotFoundError, RegistryConflictError, RegistryError
+from plugin_pool.errors import (
+    IllegalTransitionError,
+    PluginNotFoundError,
+    RegistryConflictError,
+    RegistryError,
+    RegistryUnavailableError,
+)
 from plugin_pool.lifecycle import PluginState, check_transition
 from plugin_pool.model import Capabilities, PluginInfo, TrustLevel
 from plugin_pool.registry.base import (
@@ -89,15 +95,6 @@ _STATUS_RETRIES = 3
 _T = TypeVar("_T")
 
 _NOTIFY_REASON_MAX_LEN = 500  # a NOTIFY payload must stay under 8,000 bytes
-
-
-class RegistryUnavailableError(RegistryError):
-    """The registry database cannot be reached; ``host`` and ``port`` say where it was expected."""
-
-    def __init__(self, message: str, *, host: str, port: str, plugin_id: str | None = None) -> None:
-        super().__init__(message, plugin_id=plugin_id)
-        self.host = host
-        self.port = port
 
 
 # -- endpoint, schema and migrations ------------------------------------------------------------------------
