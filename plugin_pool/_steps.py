@@ -63,8 +63,15 @@ class StepRunner:
         try:
             return future.result(timeout_s)
         except FutureTimeoutError:
-            future.cancel()
-            raise StepTimeout(timeout_s) from None
+            # The same class as the builtin TimeoutError: the coroutine itself may have raised it.
+            if not future.done():
+                future.cancel()
+                raise StepTimeout(timeout_s) from None
+            return future.result()  # it finished meanwhile, or raised a TimeoutError of its own
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The runner's event loop (its thread starts on first use). Thread-safe; never blocks for long."""
+        return self._ensure_loop()
 
     def close(self) -> None:
         """Stop the loop thread if it was started. Idempotent."""

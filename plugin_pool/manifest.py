@@ -48,7 +48,8 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from plugin_pool.errors import InvalidPluginError
+from plugin_pool.config import check_pool_size
+from plugin_pool.errors import ConfigError, InvalidPluginError, ManifestError
 from plugin_pool.model import Capabilities, Capability, PluginInfo, TrustLevel
 
 __all__ = ["MANIFEST_NAME", "RESOURCE_LIMITS", "Manifest", "ManifestError", "check_host_version", "read_manifest"]
@@ -66,14 +67,6 @@ RESOURCE_LIMITS: Mapping[str, tuple[type, float]] = MappingProxyType(
     {"memory_mb": (int, 256), "cpu_time_s": (int, 1), "call_timeout_s": (float, 0.001)}
 )
 """The keys a manifest's ``[resources]`` table may hold: key -> (type, minimum). Units are in the names."""
-
-
-class ManifestError(InvalidPluginError):
-    """A manifest is missing, unreadable or invalid; ``path`` names the file and ``field`` the key."""
-
-    def __init__(self, message: str, *, path: Path, field: str | None = None, plugin_id: str | None = None) -> None:
-        super().__init__(f"{path}: {message}", plugin_id=plugin_id, field=field)
-        self.path = path
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +195,11 @@ def read_manifest(directory: str | Path) -> Manifest:
             field="pool",
             plugin_id=info.id,
         )
+    try:  # the one pool-bounds rule (plugin_pool.config.check_pool_size), here for a [pool] that sets both
+        low = int(pool.get("min_workers", 1))
+        check_pool_size(low, int(pool.get("max_workers", low)), where="pool")
+    except ConfigError as exc:
+        raise ManifestError(str(exc), path=path, field="pool", plugin_id=info.id) from None
     resources = _read_resources(data.get("resources", {}), path, info.id)
     signature = data.get("signature")
     if signature is not None and not isinstance(signature, dict):

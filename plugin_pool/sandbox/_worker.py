@@ -11,7 +11,6 @@ it starts, is already fully confined.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import itertools
 import logging
@@ -28,6 +27,7 @@ from typing import Any
 import grpc
 import orjson
 
+from plugin_pool._loader import load_entry
 from plugin_pool._proto.v1 import worker_pb2 as pb
 from plugin_pool._proto.v1 import worker_pb2_grpc as pb_grpc
 from plugin_pool.context import PluginContext
@@ -352,12 +352,8 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
 
     def load_plugin(self, plugin_dir: str, entry: str, declared: list[str]) -> None:
         """Import the plugin from ``plugin_dir`` and map each declared capability to its method."""
-        module_name, _, attr = entry.partition(":")
-        sys.path.insert(0, plugin_dir)
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        plugin = obj() if isinstance(obj, type) else obj
+        sys.path.insert(0, plugin_dir)  # the plugin's own modules import each other by name
+        plugin = load_entry(entry, files=False)
         info = plugin.info
         if info.id != self.plugin_id:
             raise ValueError(

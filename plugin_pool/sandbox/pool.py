@@ -22,16 +22,16 @@ from typing import Any
 
 import grpc
 
-from plugin_pool.config import SandboxConfig
+from plugin_pool.config import SandboxConfig, check_pool_size
 from plugin_pool.errors import (
     CallTimeoutError,
     CapabilityDeniedError,
-    ConfigError,
     MalformedReplyError,
     PayloadError,
     PluginCallError,
     PluginNotActiveError,
     PoolOverloadedError,
+    QueueTimeoutError,
     ResourceLimitError,
     SandboxError,
     WorkerCrashedError,
@@ -179,8 +179,12 @@ class SandboxPool:
 
         Raises BootError (with the worker's last output) if the first worker cannot boot.
         """
-        low = max(1, min_workers or self.config.min_workers)
-        high = max(low, max_workers or self.config.max_workers)
+        low, high = check_pool_size(
+            self.config.min_workers if min_workers is None else min_workers,
+            self.config.max_workers if max_workers is None else max_workers,
+            max_total_workers=self.config.max_total_workers,
+            where=f"plugins.{plan.plugin_id}",
+        )
         # Workers load a private read-only copy: readable by their uid wherever the folder lives, and
         # the code that runs cannot change under them after the copy was made.
         plan = dataclasses.replace(plan, plugin_dir=self.supervisor.stage_plugin(plan.plugin_id, plan.plugin_dir))
@@ -278,13 +282,7 @@ class SandboxPool:
             high = group.max_workers if max_workers is None else max_workers
             if max_workers is None and high < low:
                 high = low  # raising only the minimum carries the maximum along
-            if low < 1 or high < low:
-                raise ConfigError(
-                    f"plugin {plugin_id!r}: pool bounds min_workers={low}, max_workers={high} are invalid: both "
-                    f"must be at least 1 and min_workers at most max_workers",
-                    key="pool",
-                    source="resize",
-                )
+            check_pool_size(low, high, where=f"plugins.{plugin_id}", source="resize")
             group.min_workers, group.max_workers = low, high
             self._trim(group)
             missing = low - (len(group.workers) - len(group.shrinking) + group.spawning)
@@ -335,15 +333,8 @@ class SandboxPool:
             )
             if value is not None
         }
-        for key, value in changes.items():
-            if value < 1:
-                raise ConfigError(f"sandbox.{key} = {value} is too small: the minimum is 1", key=f"sandbox.{key}")
         config = dataclasses.replace(self.config, **changes)
-        if config.max_workers < config.min_workers:
-            raise ConfigError(
-                f"sandbox.max_workers = {config.max_workers} is below sandbox.min_workers = {config.min_workers}",
-                key="sandbox.max_workers",
-            )
+        check_pool_size(config.min_workers, config.max_workers, max_total_workers=config.max_total_workers)
         self.config = config  # one reference swap: readers see the old or the new limits, never a mix
         return config
 
@@ -558,7 +549,7 @@ class SandboxPool:
                     self._grow(group)
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise CallTimeoutError(plugin_id, capability, timeout_s)
+                        raise QueueTimeoutError(plugin_id, capability, timeout_s)
                     waiter.cond.wait(remaining)
                 return waiter.handle
             finally:

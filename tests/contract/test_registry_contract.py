@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -532,8 +531,13 @@ def test_subscribers_are_told_of_every_disable_and_enable(registry: PluginRegist
 
     unsubscribe()
     unsubscribe()
+    # The fence: a subscriber that stays is told of the next change; deliveries go out in order, so by the
+    # time it hears of it, the one that left would have heard too.
+    fence = threading.Event()
+    stay = registry.subscribe(lambda change: fence.set() if change.kind == "enabled" else None)
     registry.set_enabled("scanner", False, actor="ops/alice")
-    time.sleep(0.3)  # a delivery after unsubscribing would have arrived by now
+    assert fence.wait(10)
+    stay()
     assert len(seen) == 2
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +31,21 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout_s: float = 5.0, 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(poll_s)
+
+
+def supervisor_fence(host: PluginHost, timeout_s: float = 10.0) -> None:
+    """Wait until the sandbox supervisor has run every task scheduled so far (spawns of replacements and of
+    resized pools run in schedule order on its one thread): a fence, instead of sleeping."""
+    assert host.sandbox is not None
+    reached = threading.Event()
+    host.sandbox.supervisor.schedule(0.0, reached.set)
+    assert reached.wait(timeout_s), f"the sandbox supervisor did not reach the fence within {timeout_s:g} s"
+
+
+def settle(host: PluginHost, timeout_s: float = 10.0) -> None:
+    """Fence the supervisor, then the host's background thread (restart audits and counts, failures)."""
+    supervisor_fence(host, timeout_s)
+    assert host.drain_background(timeout_s), "the host's background thread did not drain"
 
 
 def zygote_pid(host: PluginHost) -> int:

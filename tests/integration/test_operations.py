@@ -12,7 +12,6 @@ import re
 import signal
 import sys
 import threading
-import time
 import types
 import urllib.request
 from collections import Counter
@@ -22,9 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pool_helpers import copy_plugin, wait_until, worker_pids
+from _pool_helpers import copy_plugin, supervisor_fence, wait_until, worker_pids
 
-from plugin_pool import CapabilityDeniedError, PluginBase, PluginHost, PluginInfo, TrustLevel, capability
+from plugin_pool import (
+    CapabilityDeniedError,
+    ConfigError,
+    PluginBase,
+    PluginHost,
+    PluginInfo,
+    TrustLevel,
+    capability,
+)
 from plugin_pool._loader import load_entry
 from plugin_pool.cli import main
 from plugin_pool.logs import configure_json_logging
@@ -251,14 +258,14 @@ def test_max_total_workers_caps_growth_and_apply_pool_sizes_resizes_running_plug
     host.set_max_total_workers(3)
     assert host.resize_pool("sized", min_workers=4, max_workers=4) == (4, 4)
     wait_until(lambda: len(worker_pids(host, "sized")) == 2, "sized to grow to the cap (2 + pinned's 1 = 3)")
-    time.sleep(0.2)
+    supervisor_fence(host)  # every spawn the resize scheduled has run: a third worker would be here by now
     assert len(worker_pids(host, "sized")) == 2
     sandbox = host.config.sandbox
     sized = host.apply_pool_sizes(replace(sandbox, min_workers=3, max_workers=3, max_total_workers=8))
     assert sized == {"sized": (3, 3), "pinned": (1, 1)}  # the manifest's [pool] wins for pinned
     wait_until(lambda: len(worker_pids(host, "sized")) == 3, "sized to grow to its new min 3 (the cap is 8 now)")
     assert host.config.sandbox.max_total_workers == 8
-    with pytest.raises(Exception, match="min_workers"):
+    with pytest.raises(ConfigError, match="min_workers"):
         host.resize_pool("sized", min_workers=3, max_workers=2)
     assert host.restarts == Counter()
 

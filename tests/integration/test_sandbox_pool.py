@@ -27,6 +27,7 @@ from _pool_helpers import (
     PLUGINS,
     Clock,
     RecordList,
+    settle,
     wait_until,
     worker_pids,
     zygote_pid,
@@ -150,7 +151,7 @@ def test_replacement_is_forked_from_the_zygote_and_counted_once(
         assert psutil.Process(fresh).ppid() == zygote
         assert host.restarts[("phoenix", "crash")] == n
         assert restart_events(host, "phoenix") == ["crash"] * n
-    time.sleep(0.3)  # nothing more arrives late
+    settle(host)  # every replacement scheduled and every report queued so far has been handled
     assert host.restarts == Counter({("phoenix", "crash"): kills})
     assert restart_events(host, "phoenix") == ["crash"] * kills
     stats = host.sandbox.get_stats("phoenix")
@@ -652,7 +653,9 @@ def test_stop_plugin_runs_stop_once_per_worker_and_close_leaves_nothing(
         lambda: (runs := stop_intervals(sandbox_log, "stopper")) and set(runs) == set(pids) and runs,
         "stop() of each worker to be logged",
     )
-    time.sleep(0.3)  # a second stop() would be logged by now
+    # The fence: the zygote forwards a worker's output before it reports its exit, and the host reads both
+    # in order, so once every exit is known, any second stop() would have been logged.
+    wait_until(lambda: host.sandbox.supervisor.get_worker_count() == len(bystander), "the workers' exits")
     stops = stop_intervals(sandbox_log, "stopper")
     assert {pid: len(runs) for pid, runs in stops.items()} == dict.fromkeys(pids, 1)
     assert live_children(zygote) == bystander

@@ -39,6 +39,7 @@ from plugin_pool import (
     TrustViolationError,
     load_config,
 )
+from plugin_pool.errors import RegistryError
 from plugin_pool.registry import EventKind, InMemoryPluginRegistry
 
 MakeHost = Callable[..., PluginHost]
@@ -600,7 +601,7 @@ def test_close_closes_only_a_registry_the_host_created() -> None:
 
     owned = PluginHost().open()
     owned.close()
-    with pytest.raises(Exception, match="already closed"):
+    with pytest.raises(RegistryError, match="already closed"):
         owned.registry.record_event(EventKind.WORKER_RESTARTED, plugin_id=None, actor="x")
 
 

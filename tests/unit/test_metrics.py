@@ -10,7 +10,7 @@ import pytest
 from _plugins import TEST_ACTOR, RaisesIn, Recorder
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from plugin_pool import CapabilityDeniedError, PluginHost, TrustLevel, load_config
+from plugin_pool import CapabilityDeniedError, PluginCallError, PluginHost, TrustLevel, load_config
 from plugin_pool.integrity import load_private_key, sign_plugin, write_keypair
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.metrics import HostMetrics
@@ -124,7 +124,7 @@ def test_monitored_calls_are_read_at_scrape_time_and_builtin_routes_stay_bare(ho
         host.invoke("fast", "scan", n)
         host.invoke("policy", "scan", n)
     for n in range(2):
-        with pytest.raises(Exception, match="cannot scan"):
+        with pytest.raises(PluginCallError, match="cannot scan"):
             host.invoke("policy", "fail", n)
     assert sample(host, "plugin_calls_total", plugin_id="policy", capability="scan", outcome="ok") == 5.0
     assert sample(host, "plugin_calls_total", plugin_id="policy", capability="fail", outcome="error") == 2.0
@@ -134,7 +134,7 @@ def test_monitored_calls_are_read_at_scrape_time_and_builtin_routes_stay_bare(ho
     assert (sample(host, "plugin_call_duration_seconds_sum", plugin_id="policy", capability="scan") or 0.0) > 0.0
     # BuiltIn: no wrapper, so nothing to read and no series (the route is the bound method itself).
     assert sample(host, "plugin_calls_total", plugin_id="fast", capability="scan", outcome="ok") is None
-    assert host._routes["fast"]["scan"] == fast.scan
+    assert host._router.get_route("fast", "scan") == fast.scan
 
 
 def test_monitor_builtin_makes_builtin_calls_visible(make_host: Callable[..., PluginHost]) -> None:

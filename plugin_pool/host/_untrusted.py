@@ -1,0 +1,414 @@
+"""The host side of the sandbox: Untrusted plugins' routes, boots and stops, pool sizes, and the pool's reports.
+
+The sandbox (and grpc with it) is imported only when the first Untrusted plugin starts. The pool reports
+from its own threads (the supervisor, the zygote reader): a worker replaced, a plugin failed in the
+sandbox. Both reports are queued on the host's background thread and handled there, in order, so those
+threads never wait for the host lock or the registry -- a start that holds the host lock while it waits
+for the zygote reader can never deadlock with a report the reader is delivering.
+
+Calls submitted to an Untrusted plugin (``host.submit``, ``plugin_pool.aio``) wait in the plugin's
+dispatcher queue without a thread each; at most ``max_workers`` dispatcher threads per plugin carry calls
+to the pool, as many as it may have workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from plugin_pool._dispatch import CallStats, Route, monitored_route, monitored_timed_route
+from plugin_pool.config import PluginSettings, SandboxConfig, check_pool_size, resolve_pool_size
+from plugin_pool.discovery import check_content_hash
+from plugin_pool.errors import (
+    ContentHashMismatchError,
+    PluginPoolError,
+    PoolOverloadedError,
+    QueueTimeoutError,
+    TrustViolationError,
+)
+from plugin_pool.host._core import HostCore
+from plugin_pool.host._routes import PluginRoutes, failed_future
+from plugin_pool.host._slots import Slot
+from plugin_pool.lifecycle import PluginState
+from plugin_pool.model import NETWORK_CAPABILITIES, thaw_json
+from plugin_pool.registry.base import EventKind
+
+if TYPE_CHECKING:
+    from plugin_pool.sandbox.pool import SandboxPool
+
+__all__ = ["SandboxRoutes", "UntrustedBridge"]
+
+_log = logging.getLogger("plugin_pool.host")
+
+FailureHandler = Callable[[str, str], None]
+"""``(plugin_id, reason)``: move a plugin that failed in the sandbox to Failed (runs on the background thread)."""
+
+
+class _Dispatcher:
+    """Carries submitted calls of one Untrusted plugin to the pool: a FIFO queue bounded by
+    ``sandbox.queue_limit`` and at most ``threads`` threads (the plugin's ``max_workers``)."""
+
+    def __init__(self, plugin_id: str, threads: int, queue_limit: int) -> None:
+        self._plugin_id = plugin_id
+        self._queue_limit = queue_limit
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._executor = self._new_executor(threads)
+
+    def _new_executor(self, threads: int) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"plugin-pool-call-{self._plugin_id}")
+
+    def submit(self, job: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Queue ``job(*args)``; a Future holding PoolOverloadedError when the queue is full."""
+        with self._lock:
+            if self._waiting >= self._queue_limit:
+                return failed_future(
+                    PoolOverloadedError(
+                        f"plugin {self._plugin_id!r}: {self._waiting} submitted calls are waiting for a worker "
+                        f"(sandbox.queue_limit); retry later or raise sandbox.max_workers",
+                        plugin_id=self._plugin_id,
+                    )
+                )
+            self._waiting += 1
+            executor = self._executor
+        future = executor.submit(self._run, job, *args)
+        future.add_done_callback(self._cancelled)
+        return future
+
+    def _run(self, job: Callable[..., Any], *args: Any) -> Any:
+        with self._lock:
+            self._waiting -= 1
+        return job(*args)
+
+    def _cancelled(self, future: Future[Any]) -> None:
+        if future.cancelled():  # cancelled while it waited: _run never ran for it
+            with self._lock:
+                self._waiting -= 1
+
+    def resize(self, threads: int) -> None:
+        """Carry calls on ``threads`` threads from now on (calls already queued keep the old ones)."""
+        with self._lock:
+            old, self._executor = self._executor, self._new_executor(threads)
+        old.shutdown(wait=False)
+
+    def close(self) -> None:
+        """Let queued calls run out (they fail fast once the plugin's workers are gone); add no thread."""
+        self._executor.shutdown(wait=False)
+
+
+class SandboxRoutes(PluginRoutes):
+    """An Untrusted plugin's routes: monitored proxies to the sandbox pool, deadlines capped by the
+    manifest's ``[resources] call_timeout_s``."""
+
+    def __init__(
+        self,
+        plugin_id: str,
+        pool: SandboxPool,
+        capabilities: tuple[str, ...],
+        *,
+        stats: CallStats,
+        default_timeout_s: float,
+        limit_s: float,
+        dispatcher: _Dispatcher,
+    ) -> None:
+        self._pool = pool
+        self._default_timeout_s = default_timeout_s
+        self._limit_s = limit_s
+        self._dispatcher = dispatcher
+        calls: dict[str, Route] = {}
+        self._timed = {}
+        for name in capabilities:
+
+            def route(payload: Any, _cap: str = name) -> Any:
+                return pool.invoke(plugin_id, _cap, payload, default_timeout_s)
+
+            def timed(payload: Any, timeout_s: float, _cap: str = name) -> Any:
+                return pool.invoke(plugin_id, _cap, payload, timeout_s)
+
+            calls[name] = monitored_route(route, stats, name)
+            self._timed[name] = monitored_timed_route(timed, stats, name)
+        super().__init__(plugin_id, calls)
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        return self._default_timeout_s if timeout_s is None else min(timeout_s, self._limit_s)
+
+    def call(self, capability: str, payload: Any, timeout_s: float) -> Any:
+        return self._timed[capability](payload, self._deadline(timeout_s))
+
+    def submit(self, capability: str, payload: Any, timeout_s: float | None) -> Future[Any]:
+        return self._dispatcher.submit(
+            self._run_queued, capability, payload, time.monotonic(), self._deadline(timeout_s)
+        )
+
+    def _run_queued(self, capability: str, payload: Any, queued_at: float, timeout_s: float) -> Any:
+        remaining = timeout_s - (time.monotonic() - queued_at)
+        if remaining <= 0:
+            raise QueueTimeoutError(self.plugin_id, capability, timeout_s, waited_s=timeout_s - remaining)
+        return self._timed[capability](payload, remaining)
+
+    def call_many(self, capability: str, payloads: list[Any], timeout_s: float | None) -> list[Any]:
+        return self._pool.invoke_many(self.plugin_id, capability, payloads, self._deadline(timeout_s))
+
+    def submit_many(self, capability: str, payloads: list[Any], timeout_s: float | None) -> Future[list[Any]]:
+        return self._dispatcher.submit(self.call_many, capability, payloads, timeout_s)
+
+    def resize(self, max_workers: int) -> None:
+        """Follow a change of the plugin's ``max_workers``."""
+        self._dispatcher.resize(max_workers)
+
+    def close(self) -> None:
+        self._dispatcher.close()
+
+
+class UntrustedBridge:
+    """Everything the host does with the sandbox pool. Thread-safe where the host calls it under its lock."""
+
+    def __init__(self, core: HostCore) -> None:
+        self._core = core
+        self._pool: SandboxPool | None = None
+        self._routes: dict[str, SandboxRoutes] = {}
+        self._on_failed: FailureHandler | None = None
+        self.restarts: Counter[tuple[str, str]] = Counter()
+        """Sandbox worker replacements by (plugin id, reason): the seed's sandbox_process_restarts_total."""
+
+    @property
+    def pool(self) -> SandboxPool | None:
+        """The worker pool of Untrusted plugins, once one has started (None before)."""
+        return self._pool
+
+    def set_failure_handler(self, handler: FailureHandler) -> None:
+        """Who moves a plugin that failed in the sandbox to Failed (the lifecycle part)."""
+        self._on_failed = handler
+
+    def close(self) -> None:
+        """Kill every worker and the zygote. Idempotent."""
+        if self._pool is not None:
+            self._pool.close()
+
+    # -- boot and stop -------------------------------------------------------------------------------------
+
+    def load(self, slot: Slot) -> SandboxRoutes:
+        """Validate an Untrusted plugin's declared capabilities and build its routes. Imports no plugin code.
+
+        Raises TrustViolationError for a capability that needs the network (never given to Untrusted code).
+        """
+        manifest = slot.manifest
+        assert manifest is not None
+        info = slot.info
+        network = sorted(set(manifest.capabilities) & NETWORK_CAPABILITIES)
+        if network:
+            raise TrustViolationError(
+                f"plugin {info.id!r} declares {network[0]!r}, which needs network access; Untrusted plugins "
+                f"never get it (they must be at least Trusted)",
+                plugin_id=info.id,
+            )
+        pool = self._ensure_pool()
+        from plugin_pool.sandbox.pool import RESTART_REASONS  # loaded with the pool above
+
+        self._core.metrics.add_sandboxed_plugin(info.id, RESTART_REASONS)
+        limit_s = float(manifest.resources.get("call_timeout_s", float("inf")))
+        stats = CallStats()
+        _, high = self.pool_bounds(slot, self._core.config.sandbox, None)
+        routes = SandboxRoutes(
+            info.id,
+            pool,
+            manifest.capabilities.names,
+            stats=stats,
+            default_timeout_s=min(self._core.config.host.call_timeout_s, limit_s),
+            limit_s=limit_s,
+            dispatcher=_Dispatcher(info.id, high, max(1, self._core.config.sandbox.queue_limit)),
+        )
+        slot.capabilities = manifest.capabilities
+        slot.stats = stats
+        self._routes[info.id] = routes
+        return routes
+
+    def boot(self, slot: Slot) -> str | None:
+        """Boot the plugin's first workers (each runs initialize and start under the lifecycle timeouts).
+
+        Returns None when they serve, else the reason. Raises ContentHashMismatchError when the staged copy
+        differs from the hash recorded at discovery (the caller audits it).
+        """
+        from plugin_pool.sandbox.supervisor import BootError, WorkerPlan
+
+        manifest = slot.manifest
+        assert manifest is not None and self._pool is not None
+        lifecycle = self._core.config.lifecycle
+        plan = WorkerPlan(
+            plugin_id=slot.info.id,
+            plugin_dir=manifest.directory,
+            entry=manifest.entry,
+            capabilities=manifest.capabilities.names,
+            config_json=orjson.dumps(thaw_json(slot.settings.config)),
+            services=slot.settings.services,
+            initialize_timeout_s=lifecycle.initialize_timeout_s,
+            start_timeout_s=lifecycle.start_timeout_s,
+            memory_mb=_int_or_none(manifest.resources.get("memory_mb")),
+            cpu_time_s=_int_or_none(manifest.resources.get("cpu_time_s")),
+            verify_staged_copy=_staged_copy_check(slot),
+        )
+        try:
+            low, high = self.pool_bounds(slot, self._core.config.sandbox, None)
+            self._pool.start_plugin(plan, min_workers=low, max_workers=high)
+        except ContentHashMismatchError:
+            raise
+        except (BootError, PluginPoolError) as exc:
+            return str(exc)
+        return None
+
+    def stop(self, plugin_id: str, timeout_s: float) -> str | None:
+        """Run the plugin's stop() in every worker and retire them; the first error, or None. Blocks."""
+        self._routes.pop(plugin_id, None)
+        if self._pool is None:
+            return None
+        return self._pool.stop_plugin(plugin_id, timeout_s=timeout_s)
+
+    def forget(self, plugin_id: str) -> None:
+        """The plugin left Active without a stop (it failed): drop what the bridge keeps for it."""
+        self._routes.pop(plugin_id, None)
+
+    def _ensure_pool(self) -> SandboxPool:
+        if self._pool is None:
+            from plugin_pool.sandbox.pool import SandboxPool
+
+            pool = SandboxPool(
+                self._core.config.sandbox,
+                services=self._core.services,
+                on_restart=self._on_restart,
+                on_plugin_failed=self._on_plugin_failed,
+            )
+            pool.open()
+            self._pool = pool
+        return self._pool
+
+    # -- the pool's reports (its threads) -------------------------------------------------------------------
+
+    def _on_restart(self, plugin_id: str, reason: str) -> None:
+        """A worker was replaced (the supervisor thread): audit and count it on the background thread."""
+        if not self._core.in_background(self._count_restart, plugin_id, reason):
+            self._count_restart(plugin_id, reason)  # closing: the count must not be lost
+
+    def _count_restart(self, plugin_id: str, reason: str) -> None:
+        # The audit first, so whoever sees the counter move finds the event too.
+        slot = self._core.slots.find(plugin_id)
+        try:
+            self._core.audit(
+                EventKind.WORKER_RESTARTED,
+                plugin_id,
+                state=slot.state if slot else None,
+                details={"reason": reason},
+            )
+        finally:
+            self._core.metrics.count_restart(plugin_id, reason)
+            self.restarts[plugin_id, reason] += 1
+
+    def _on_plugin_failed(self, plugin_id: str, reason: str) -> None:
+        """The pool gave a plugin up (a zygote reader or supervisor thread): move it on the background thread.
+
+        Never on the reporting thread: the move takes the host lock and writes the registry, and a start
+        may hold that lock while it waits for this very thread.
+        """
+        handler = self._on_failed
+        if handler is None or not self._core.in_background(handler, plugin_id, reason):
+            _log.error(
+                "plugin %s failed in the sandbox while the host closes (not recorded as Failed): %s",
+                plugin_id,
+                reason,
+                extra={"event": "plugin_failed", "pluginId": plugin_id, "trustLevel": "untrusted"},
+            )
+
+    # -- pool sizes --------------------------------------------------------------------------------------
+
+    def pool_bounds(
+        self, slot: Slot, sandbox: SandboxConfig, plugins: Mapping[str, PluginSettings] | None
+    ) -> tuple[int, int]:
+        """A sandboxed plugin's (min, max) workers: ``[plugins.<id>]`` wins over the manifest's [pool], which
+        wins over ``[sandbox]`` (see :func:`plugin_pool.config.resolve_pool_size`); a bound moved to meet a
+        more specific one is logged."""
+        settings = (plugins if plugins is not None else self._core.config.plugins).get(slot.info.id) or slot.settings
+        pool = dict(slot.manifest.pool) if slot.manifest is not None else {}
+        where = f"{slot.manifest.source if slot.manifest is not None else slot.info.id} [pool]"
+        (low, high), note = resolve_pool_size(
+            slot.info.id,
+            (
+                (f"plugins.{slot.info.id}", {"min_workers": settings.min_workers, "max_workers": settings.max_workers}),
+                (where, pool),
+                ("sandbox", {"min_workers": sandbox.min_workers, "max_workers": sandbox.max_workers}),
+            ),
+        )
+        if note is not None:
+            _log.info(note, extra={"event": "pool_bounds", "pluginId": slot.info.id, "trustLevel": "untrusted"})
+        return low, high
+
+    def resize(self, plugin_id: str, min_workers: int | None, max_workers: int | None) -> tuple[int, int]:
+        """Change one Active plugin's bounds (see PluginHost.resize_pool)."""
+        assert self._pool is not None
+        low, high = self._pool.resize_plugin(plugin_id, min_workers=min_workers, max_workers=max_workers)
+        routes = self._routes.get(plugin_id)
+        if routes is not None:
+            routes.resize(high)
+        return low, high
+
+    def apply_sizes(
+        self,
+        sandbox: SandboxConfig,
+        slots: tuple[Slot, ...],
+        plugins: Mapping[str, PluginSettings] | None,
+        *,
+        resize: bool,
+    ) -> dict[str, tuple[int, int]]:
+        """Apply new defaults and cap to the pool and, with ``resize``, resize every Active sandboxed plugin.
+
+        Checks every plugin's new bounds before changing anything, so a bad size changes nothing.
+        """
+        check_pool_size(sandbox.min_workers, sandbox.max_workers, max_total_workers=sandbox.max_total_workers)
+        wanted = {
+            slot.info.id: self.pool_bounds(slot, sandbox, plugins)
+            for slot in slots
+            if resize and slot.sandboxed and slot.state is PluginState.ACTIVE and slot.manifest is not None
+        }
+        pool = self._pool
+        if pool is None:
+            return {}
+        pool.update_limits(
+            min_workers=sandbox.min_workers,
+            max_workers=sandbox.max_workers,
+            max_total_workers=sandbox.max_total_workers,
+        )
+        return {plugin_id: self.resize(plugin_id, low, high) for plugin_id, (low, high) in wanted.items()}
+
+    @staticmethod
+    def replace_sizes(config: SandboxConfig, sandbox: SandboxConfig) -> SandboxConfig:
+        """``config`` with the pool sizes of ``sandbox`` (the other sandbox settings apply at worker boot)."""
+        return replace(
+            config,
+            min_workers=sandbox.min_workers,
+            max_workers=sandbox.max_workers,
+            max_total_workers=sandbox.max_total_workers,
+        )
+
+
+def _staged_copy_check(slot: Slot) -> Callable[[Path], None] | None:
+    expected = slot.content_hash
+    if expected is None or slot.manifest is None:
+        return None
+    plugin_id = slot.info.id
+    original = slot.manifest.directory
+
+    def check(staged: Path) -> None:
+        check_content_hash(plugin_id, staged, expected, shown=original)
+
+    return check
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
