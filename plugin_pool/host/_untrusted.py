@@ -29,6 +29,7 @@ from plugin_pool._dispatch import CallStats, Route, monitored_route, monitored_t
 from plugin_pool.config import PluginSettings, SandboxConfig, check_pool_size, resolve_pool_size
 from plugin_pool.discovery import check_content_hash
 from plugin_pool.errors import (
+    CallTimeoutError,
     ContentHashMismatchError,
     PluginPoolError,
     PoolOverloadedError,
@@ -153,7 +154,12 @@ class SandboxRoutes(PluginRoutes):
         remaining = timeout_s - (time.monotonic() - queued_at)
         if remaining <= 0:
             raise QueueTimeoutError(self.plugin_id, capability, timeout_s, waited_s=timeout_s - remaining)
-        return self._timed[capability](payload, remaining)
+        try:
+            return self._timed[capability](payload, remaining)
+        except QueueTimeoutError:  # the pool saw only what was left of the deadline: name the caller's
+            raise QueueTimeoutError(self.plugin_id, capability, timeout_s) from None
+        except CallTimeoutError as exc:
+            raise CallTimeoutError(self.plugin_id, capability, timeout_s, pid=exc.pid) from None
 
     def call_many(self, capability: str, payloads: list[Any], timeout_s: float | None) -> list[Any]:
         return self._pool.invoke_many(self.plugin_id, capability, payloads, self._deadline(timeout_s))

@@ -1,5 +1,9 @@
 """pytest fixtures, registered through the ``pytest11`` entry point ``plugin_pool``.
 
+Loaded by every pytest run in an environment where plugin_pool is installed, so importing this module loads
+nothing but pytest: the host (with psutil, cryptography, prometheus-client and the registry) is imported
+when a test first asks for one of these fixtures.
+
 - ``fake_registry``: a fresh :class:`FakeRegistry`.
 - ``plugin_host``: an open :class:`PluginHost` on ``fake_registry``, closed after the test.
 - ``plugin_harness``: a factory ``plugin_harness(plugin, **kwargs)`` returning a started
@@ -9,18 +13,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from plugin_pool.host import PluginHost
-from plugin_pool.model import Plugin
-from plugin_pool.testing.harness import FakeRegistry, PluginHarness
+if TYPE_CHECKING:
+    from plugin_pool.host import PluginHost
+    from plugin_pool.model import Plugin
+    from plugin_pool.testing.harness import FakeRegistry, PluginHarness
 
 
 @pytest.fixture
 def fake_registry() -> Iterator[FakeRegistry]:
     """A fresh recording in-memory registry."""
+    from plugin_pool.testing.harness import FakeRegistry
+
     registry = FakeRegistry()
     yield registry
     registry.close()
@@ -29,6 +36,8 @@ def fake_registry() -> Iterator[FakeRegistry]:
 @pytest.fixture
 def plugin_host(fake_registry: FakeRegistry) -> Iterator[PluginHost]:
     """An open host on ``fake_registry``; closed (plugins stopped) after the test."""
+    from plugin_pool.host import PluginHost
+
     host = PluginHost(registry=fake_registry)
     with host:
         yield host
@@ -40,6 +49,8 @@ def plugin_harness() -> Iterator[Callable[..., PluginHarness]]:
     made: list[PluginHarness] = []
 
     def make(plugin: Plugin, **kwargs: Any) -> PluginHarness:
+        from plugin_pool.testing.harness import PluginHarness
+
         harness = PluginHarness(plugin, **kwargs)
         made.append(harness)
         harness.start()

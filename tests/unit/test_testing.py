@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -66,3 +69,17 @@ def test_the_fixtures_are_registered_for_every_project(
     assert fake_registry.states_of("greeter") == ["discovered", "loading", "initializing", "active"]
     harness = plugin_harness(Greeter(), config={"greeting": "Hey"})
     assert harness.invoke("greet", "Cy") == "Hey, Cy"
+
+
+def test_the_pytest_plugin_loads_lazily() -> None:
+    # The pytest11 entry point imports this module in every pytest run where plugin_pool is installed:
+    # it must not import the host and its dependencies until a test asks for a fixture.
+    code = (
+        "import json, sys; import plugin_pool.testing.fixtures; import plugin_pool.testing; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(json.loads(done.stdout))
+    heavy = ("plugin_pool.host", "plugin_pool.registry", "psutil", "cryptography", "prometheus_client", "grpc")
+    assert sorted(m for m in loaded if m.startswith(heavy)) == []
+    assert "pytest" in loaded
