@@ -7,7 +7,8 @@
     .venv/bin/python scripts/bench.py --only sandbox --write    # some sections; --write replaces only those
 
 The sections, in the order they run (each is also a script of its own that rewrites only its section):
-in-process call paths (bench_inprocess.py), the Untrusted sandbox path (bench_sandbox.py), discovery
+in-process call paths (bench_inprocess.py), the Untrusted sandbox path (bench_sandbox.py), asyncio callers
+against threads (bench_aio.py), discovery
 (bench_discovery.py) and the PostgreSQL registry (bench_registry.py: ``--dsn``, else ``$PLUGIN_POOL_TEST_DSN``;
 without a reachable database the section says so and the rest of the run goes on). This script calls the
 same functions the scripts do, then puts a summary on top: one call at each trust level against every
@@ -22,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import bench_aio
 import bench_discovery
 import bench_inprocess
 import bench_registry
@@ -54,6 +56,7 @@ BASELINES = {
 TITLES = {
     "inprocess": "in-process",
     "sandbox": "Untrusted (sandbox)",
+    "aio": "asyncio",
     "discovery": "discovery",
     "registry": "PostgreSQL registry",
 }
@@ -195,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = bench_sandbox.parse_args(quick)
         box = bench_sandbox.measure(a.rounds, a.calls, a.kills, a.pin, a.quick)
         sections.append(done(bench_sandbox.render(box, line("bench_sandbox.py")), t0))
+    if "aio" in wanted:
+        t0 = time.monotonic()
+        progress("asyncio callers against threads")
+        sections.append(done(bench_aio.section(bench_aio.parse_args(quick), line("bench_aio.py")), t0))
     if "discovery" in wanted:
         t0 = time.monotonic()
         progress("discovery")

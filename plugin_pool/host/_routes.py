@@ -317,7 +317,7 @@ class Router:
     # -- calls ---------------------------------------------------------------------------------------------
 
     def invoke(self, plugin_id: str, capability: str, payload: Any = None, *, timeout_s: float | None = None) -> Any:
-        """See :meth:`PluginHost.invoke`."""
+        """The call path of :attr:`PluginHost.invoke` (bound on the host: see its documentation)."""
         if timeout_s is None:
             try:
                 route = self._calls[plugin_id][capability]

@@ -7,18 +7,19 @@ threads never wait for the host lock or the registry -- a start that holds the h
 for the zygote reader can never deadlock with a report the reader is delivering.
 
 Calls submitted to an Untrusted plugin (``host.submit``, ``plugin_pool.aio``) wait in the plugin's
-dispatcher queue without a thread each; at most ``max_workers`` dispatcher threads per plugin carry calls
-to the pool, as many as it may have workers.
+dispatcher queue without a thread each; at most ``max_workers`` dispatcher threads per plugin (started on
+demand, ended after a few idle seconds) carry calls to the pool, as many as it may have workers.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from plugin_pool.errors import (
     TrustViolationError,
 )
 from plugin_pool.host._core import HostCore
-from plugin_pool.host._routes import PluginRoutes, failed_future
+from plugin_pool.host._routes import PluginRoutes
 from plugin_pool.host._slots import Slot
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.model import NETWORK_CAPABILITIES, thaw_json
@@ -56,54 +57,81 @@ FailureHandler = Callable[[str, str], None]
 
 class _Dispatcher:
     """Carries submitted calls of one Untrusted plugin to the pool: a FIFO queue bounded by
-    ``sandbox.queue_limit`` and at most ``threads`` threads (the plugin's ``max_workers``)."""
+    ``sandbox.queue_limit`` and at most ``threads`` threads (see :func:`dispatch_threads`), started on
+    demand; a thread that finds the queue empty for a while ends."""
+
+    _IDLE_S = 5.0
+    """How long a dispatcher thread waits for the next call before it ends."""
 
     def __init__(self, plugin_id: str, threads: int, queue_limit: int) -> None:
         self._plugin_id = plugin_id
         self._queue_limit = queue_limit
-        self._lock = threading.Lock()
-        self._waiting = 0
-        self._executor = self._new_executor(threads)
-
-    def _new_executor(self, threads: int) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"plugin-pool-call-{self._plugin_id}")
+        self._threads = threads
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = collections.deque()
+        self._running = 0
+        self._idle = 0
+        self._closed = False
 
     def submit(self, job: Callable[..., Any], *args: Any) -> Future[Any]:
         """Queue ``job(*args)``; a Future holding PoolOverloadedError when the queue is full."""
-        with self._lock:
-            if self._waiting >= self._queue_limit:
-                return failed_future(
+        future: Future[Any] = Future()
+        with self._cond:
+            if len(self._queue) >= self._queue_limit:
+                future.set_exception(
                     PoolOverloadedError(
-                        f"plugin {self._plugin_id!r}: {self._waiting} submitted calls are waiting for a worker "
-                        f"(sandbox.queue_limit); retry later or raise sandbox.max_workers",
+                        f"plugin {self._plugin_id!r}: {len(self._queue)} submitted calls are waiting for a "
+                        f"worker (sandbox.queue_limit); retry later or raise sandbox.max_workers",
                         plugin_id=self._plugin_id,
                     )
                 )
-            self._waiting += 1
-            executor = self._executor
-        future = executor.submit(self._run, job, *args)
-        future.add_done_callback(self._cancelled)
+                return future
+            self._queue.append((future, job, args))
+            if self._idle:
+                self._cond.notify()
+            # More calls queued than idle threads to take them: start one more, up to the limit (even once
+            # closed, so a call submitted in the moment its plugin stopped still ends, failing fast).
+            if len(self._queue) > self._idle and self._running < self._threads:
+                self._running += 1
+                threading.Thread(target=self._serve, name=f"plugin-pool-call-{self._plugin_id}", daemon=True).start()
         return future
 
-    def _run(self, job: Callable[..., Any], *args: Any) -> Any:
-        with self._lock:
-            self._waiting -= 1
-        return job(*args)
-
-    def _cancelled(self, future: Future[Any]) -> None:
-        if future.cancelled():  # cancelled while it waited: _run never ran for it
-            with self._lock:
-                self._waiting -= 1
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    if self._closed:
+                        self._running -= 1
+                        return
+                    self._idle += 1
+                    woken = self._cond.wait(self._IDLE_S)
+                    self._idle -= 1
+                    if not woken and not self._queue:
+                        self._running -= 1
+                        return
+                if self._running > self._threads:  # resized down: this thread leaves
+                    self._running -= 1
+                    return
+                future, job, args = self._queue.popleft()
+            if not future.set_running_or_notify_cancel():  # cancelled while it waited: never runs
+                continue
+            try:
+                result = job(*args)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
     def resize(self, threads: int) -> None:
-        """Carry calls on ``threads`` threads from now on (calls already queued keep the old ones)."""
-        with self._lock:
-            old, self._executor = self._executor, self._new_executor(threads)
-        old.shutdown(wait=False)
+        """Carry calls on at most ``threads`` threads from now on."""
+        with self._cond:
+            self._threads = threads
 
     def close(self) -> None:
-        """Let queued calls run out (they fail fast once the plugin's workers are gone); add no thread."""
-        self._executor.shutdown(wait=False)
+        """Let queued calls run out (they fail fast once the plugin's workers are gone); then threads end."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 class SandboxRoutes(PluginRoutes):
@@ -169,7 +197,7 @@ class SandboxRoutes(PluginRoutes):
 
     def resize(self, max_workers: int) -> None:
         """Follow a change of the plugin's ``max_workers``."""
-        self._dispatcher.resize(max_workers)
+        self._dispatcher.resize(dispatch_threads(max_workers))
 
     def close(self) -> None:
         self._dispatcher.close()
@@ -231,7 +259,7 @@ class UntrustedBridge:
             stats=stats,
             default_timeout_s=min(self._core.config.host.call_timeout_s, limit_s),
             limit_s=limit_s,
-            dispatcher=_Dispatcher(info.id, high, max(1, self._core.config.sandbox.queue_limit)),
+            dispatcher=_Dispatcher(info.id, dispatch_threads(high), max(1, self._core.config.sandbox.queue_limit)),
         )
         slot.capabilities = manifest.capabilities
         slot.stats = stats
@@ -401,6 +429,12 @@ class UntrustedBridge:
             max_workers=sandbox.max_workers,
             max_total_workers=sandbox.max_total_workers,
         )
+
+
+def dispatch_threads(max_workers: int) -> int:
+    """Dispatcher threads for a plugin of ``max_workers``: one per worker it may have. (Two per worker, one
+    waiting to take a worker over, measured slower on 2 cores: more threads contend for the GIL.)"""
+    return max_workers
 
 
 def _staged_copy_check(slot: Slot) -> Callable[[Path], None] | None:
