@@ -3,6 +3,8 @@
 50 stop/start cycles of an Untrusted plugin (real workers) under concurrent callers, through ``invoke``,
 ``submit`` and ``invoke_many``: every call either succeeds or gets PluginNotActiveError naming a state
 of the cycle; none gets CapabilityDeniedError, and the audit trail holds no ``capability_denied`` event.
+(A call already running on a worker when its stop begins may fail with WorkerCrashedError, exit code 0:
+the pool retires workers with calls in flight. That is the pool's stop, not a route change; counted.)
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from plugin_pool import CapabilityDeniedError, PluginHost, PluginNotActiveError
+from plugin_pool import CapabilityDeniedError, PluginHost, PluginNotActiveError, WorkerCrashedError
 from plugin_pool.registry.base import EventKind
 
 CYCLES = 50
 NOT_ACTIVE_STATES = {"stopping", "stopped", "loading", "initializing"}
+OTHER = {"ok", "in flight at stop"}
 
 
 def test_fifty_stop_start_cycles_of_an_untrusted_plugin_under_calls_deny_nothing(
@@ -43,6 +46,12 @@ def test_fifty_stop_start_cycles_of_an_untrusted_plugin_under_calls_deny_nothing
                 tally[exc.state.value] += 1
             except CapabilityDeniedError as exc:
                 denials.append(exc)
+            except WorkerCrashedError as exc:
+                # A call already running on a worker when the stop began: the pool retires the workers with
+                # calls in flight (SandboxPool.stop_plugin), and the worker's exit (code 0) fails the call.
+                # Not a denial; counted so the report shows it.
+                assert exc.exit_code == 0 and exc.signal is None, exc
+                tally["in flight at stop"] += 1
 
     calls: list[Callable[[], Any]] = [
         lambda: host.invoke("cycled", "echo", 1),
@@ -66,5 +75,5 @@ def test_fifty_stop_start_cycles_of_an_untrusted_plugin_under_calls_deny_nothing
     total = sum(tallies, Counter())
     assert denials == []
     assert host.registry.list_events(event=EventKind.CAPABILITY_DENIED) == []
-    assert total["ok"] > 0 and set(total) - {"ok"} <= NOT_ACTIVE_STATES, total
-    assert sum(n for state, n in total.items() if state != "ok") > 0, total
+    assert total["ok"] > 0 and set(total) - OTHER <= NOT_ACTIVE_STATES, total
+    assert sum(n for state, n in total.items() if state not in OTHER) > 0, total

@@ -94,6 +94,7 @@ def test_a_blocked_trusted_call_does_not_block_the_event_loop(make_host: MakeHos
         late = asyncio.ensure_future(ahost.invoke("blocking", "echo", "late", timeout_s=0.01))
         await asyncio.sleep(0.05)  # the late call's deadline passes while the only thread is held
         queued.cancel()  # not started yet: it never runs
+        await asyncio.sleep(0)  # the cancellation reaches the call's Future on the loop's next turn
         plugin.gate.set()
         assert await held == "held"
         with pytest.raises(asyncio.CancelledError):
