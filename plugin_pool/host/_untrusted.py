@@ -210,6 +210,8 @@ class UntrustedBridge:
         self._core = core
         self._pool: SandboxPool | None = None
         self._routes: dict[str, SandboxRoutes] = {}
+        self._bounds: dict[str, tuple[int, int]] = {}
+        """The (min, max) workers each plugin was loaded with (resolved once, booted with)."""
         self._on_failed: FailureHandler | None = None
         self.restarts: Counter[tuple[str, str]] = Counter()
         """Sandbox worker replacements by (plugin id, reason): the seed's sandbox_process_restarts_total."""
@@ -251,7 +253,8 @@ class UntrustedBridge:
         self._core.metrics.add_sandboxed_plugin(info.id, RESTART_REASONS)
         limit_s = float(manifest.resources.get("call_timeout_s", float("inf")))
         stats = CallStats()
-        _, high = self.pool_bounds(slot, self._core.config.sandbox, None)
+        low, high = self.pool_bounds(slot, self._core.config.sandbox, None)
+        self._bounds[info.id] = (low, high)
         routes = SandboxRoutes(
             info.id,
             pool,
@@ -291,7 +294,7 @@ class UntrustedBridge:
             verify_staged_copy=_staged_copy_check(slot),
         )
         try:
-            low, high = self.pool_bounds(slot, self._core.config.sandbox, None)
+            low, high = self._bounds[slot.info.id]
             self._pool.start_plugin(plan, min_workers=low, max_workers=high)
         except ContentHashMismatchError:
             raise

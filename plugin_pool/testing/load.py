@@ -274,8 +274,8 @@ def error_label(exc: BaseException) -> str:
     """How an error is counted: its type name, with the detail that tells its cause apart.
 
     ``ResourceLimitError[memory]``, ``CallTimeoutError[worker killed]`` (the deadline passed during the
-    call and the worker was killed) versus ``CallTimeoutError`` (no worker became free in time),
-    ``WorkerCrashedError[SIGKILL]``; other errors by type name alone. Pure.
+    call and the worker was killed) versus ``QueueTimeoutError`` (no worker became free in time: the call
+    never started), ``WorkerCrashedError[SIGKILL]``; other errors by type name alone. Pure.
     """
     name = type(exc).__name__
     if isinstance(exc, ResourceLimitError):

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from plugin_pool import PluginState
-from plugin_pool.errors import CallTimeoutError, PluginCallError, ResourceLimitError, WorkerCrashedError
+from plugin_pool.errors import (
+    CallTimeoutError,
+    PluginCallError,
+    QueueTimeoutError,
+    ResourceLimitError,
+    WorkerCrashedError,
+)
 from plugin_pool.manifest import read_manifest
 from plugin_pool.testing import PluginHarness
 from plugin_pool.testing.load import (
@@ -150,6 +156,7 @@ def test_histogram_percentiles_are_within_one_bucket_and_differences_subtract() 
 def test_error_labels_tell_causes_apart() -> None:
     assert error_label(CallTimeoutError("p", "c", 1.0)) == "CallTimeoutError"
     assert error_label(CallTimeoutError("p", "c", 1.0, pid=7)) == "CallTimeoutError[worker killed]"
+    assert error_label(QueueTimeoutError("p", "c", 1.0)) == "QueueTimeoutError"
     assert error_label(WorkerCrashedError(plugin_id="p", pid=7, signal=9)) == "WorkerCrashedError[SIGKILL]"
     assert error_label(WorkerCrashedError(plugin_id="p", pid=7, exit_code=3)) == "WorkerCrashedError[exit 3]"
     assert error_label(ResourceLimitError(limit="memory", plugin_id="p", pid=7)) == "ResourceLimitError[memory]"
