@@ -80,6 +80,18 @@ def _raised(exc: BaseException) -> tuple[str, str, str]:
     return ("plugin_raised", *_error(exc))
 
 
+_TEXT_OR_BYTES = (str, bytes, bytearray, memoryview)
+
+
+def _unsendable(exc: BaseException) -> str:
+    """Why a result cannot cross the boundary (orjson's TypeError, or whatever a hostile object raised)."""
+    try:
+        text = str(exc) if isinstance(exc, TypeError) else repr(exc)
+    except BaseException:
+        text = type(exc).__name__
+    return f"the result cannot be sent: {text}; return JSON-compatible values or bytes"[:500]
+
+
 def _step_error(kind: str, type_name: str = "", message: str = "") -> pb.RemoteError:
     return pb.RemoteError(kind=kind, type=type_name, message=message[:MESSAGE_MAX_CHARS])
 
@@ -191,12 +203,21 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         method, payload = request
         ok, value = self._run(method, payload)
         if ok:
+            if isinstance(value, _TEXT_OR_BYTES) and len(value) > self.max_message_bytes:
+                # Refused before encoding: orjson reserves several times a string's size and dies (SIGSEGV)
+                # instead of raising when that reservation fails under the memory limit.
+                return codec.encode_error(
+                    "reply_too_large",
+                    "",
+                    f"the result is {len(value)} {'characters' if isinstance(value, str) else 'bytes'}; the "
+                    f"limit is {self.max_message_bytes} bytes",
+                )
             try:
                 reply = codec.encode_result(value)
             except MemoryError as exc:
                 return codec.encode_error(*_raised(exc))
             except Exception as exc:  # orjson raises TypeError, but a hostile object may raise anything
-                return codec.encode_error("bad_reply", "", f"the result is not JSON-compatible: {exc!r}"[:500])
+                return codec.encode_error("bad_reply", "", _unsendable(exc))
         else:
             reply = codec.encode_error(*value)
         return self._bounded(reply, "result")
@@ -261,7 +282,7 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         try:
             codec.encode_result(value)
         except Exception as exc:
-            return False, ("bad_reply", "", f"the result is not JSON-compatible: {exc!r}"[:500])
+            return False, ("bad_reply", "", _unsendable(exc))
         return outcome
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthReply:

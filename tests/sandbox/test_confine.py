@@ -38,6 +38,9 @@ RUNNER = Path(__file__).parent / "hostile" / "_runner.py"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 FULL_STACK = ("pdeathsig", "netns", "userns", "rlimits", "no_new_privs", "landlock", "seccomp")
+# Layers the default runner profile leaves out: a uid of its own, cgroups, the zygote's PID namespace and a
+# private root each have their own tests below (with the pool applying all of them in test_hostile_pool).
+POOL_ONLY_LAYERS = ("uid", "cgroup", "pidns", "mountns")
 CHILD_TIMEOUT_S = 20.0
 
 # A parent that starts the runner, then waits to be killed by the test (PDEATHSIG check).
@@ -119,7 +122,7 @@ def make_spec(dirs: Dirs, **overrides: Any) -> dict[str, Any]:
         "file_size_mb": 8,
         "user_namespace": True,
         "unshare_net": True,
-        "required_layers": [name for name in _confine.ALL_LAYERS if name != "uid"],
+        "required_layers": [name for name in _confine.ALL_LAYERS if name not in POOL_ONLY_LAYERS],
         "log_fd": 2,
     }
     spec.update(overrides)
@@ -206,8 +209,8 @@ def test_spec_validates_and_round_trips(dirs: Dirs) -> None:
     assert _confine.ConfinementSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     with pytest.raises(ValueError, match="memory_mb=128 is below 256"):
         _confine.ConfinementSpec(temp_dir="/tmp", memory_mb=128)
-    with pytest.raises(ValueError, match="exclude each other"):
-        _confine.ConfinementSpec(temp_dir="/tmp", uid=NOBODY, user_namespace=True)
+    with pytest.raises(ValueError, match="needs root_dir"):
+        _confine.ConfinementSpec(temp_dir="/tmp", mount_namespace=True)
     with pytest.raises(ValueError, match="not absolute"):
         _confine.ConfinementSpec(temp_dir="tmp")
     with pytest.raises(ValueError, match="unknown layers"):
@@ -253,8 +256,9 @@ def test_probe_reports_uid_unavailable_when_a_path_is_unreadable(dirs: Dirs) -> 
 def test_report_lists_layers_in_force(dirs: Dirs, full_stack: None) -> None:
     run = run_hostile("introspect", dirs, lock=True)
     report = run.report
-    assert report.list_in_force() == [name for name in _confine.ALL_LAYERS if name != "uid"]
-    assert report.layers["uid"].state == "not_requested"
+    assert report.list_in_force() == [name for name in _confine.ALL_LAYERS if name not in POOL_ONLY_LAYERS]
+    for name in POOL_ONLY_LAYERS:
+        assert report.layers[name].state == "not_requested", report.layers[name]
     assert report.landlock_abi == _landlock.get_abi_version()
     assert report.list_missing(["landlock", "seccomp", "uid"]) == ["uid"]
     json.dumps(report.to_dict())
@@ -587,7 +591,7 @@ def uid_python(dirs: Dirs, skip_or_fail: Callable[[str], None], require_layers: 
 
 
 def _uid_spec(dirs: Dirs) -> dict[str, Any]:
-    required = [n for n in _confine.ALL_LAYERS if n not in ("userns",)]
+    required = [n for n in _confine.ALL_LAYERS if n not in ("userns", "cgroup", "pidns", "mountns")]
     return make_spec(dirs, user_namespace=False, uid=NOBODY, required_layers=required)
 
 
@@ -626,6 +630,6 @@ def test_required_uid_drop_refuses_an_unreadable_runtime(dirs: Dirs, require_lay
     run = run_hostile("introspect", dirs, spec=spec, python=python or sys.executable, sys_path=(PYSECCOMP_DIR,))
     refused = run.stage("refused")
     assert refused["layer"] == "uid"
-    assert f"does not let uid {NOBODY} reach" in refused["reason"] and "user_namespace" in refused["reason"]
+    assert f"does not let uid {NOBODY} reach" in refused["reason"] and "mount namespace" in refused["reason"]
     if python is not None:  # otherwise the runtime itself is the first unreadable path
         assert str(private) in refused["reason"]
