@@ -44,10 +44,10 @@ class CgroupLimits:
     cpu_quota: float
 
 
-def _own_paths() -> dict[str, str]:
+def _own_paths(proc_cgroup: str) -> dict[str, str]:
     """Controller (or '' for cgroup v2) -> this process's path in that hierarchy, from /proc/self/cgroup."""
     paths: dict[str, str] = {}
-    with open("/proc/self/cgroup") as fh:
+    with open(proc_cgroup) as fh:
         for line in fh:
             _, controllers, path = line.rstrip("\n").split(":", 2)
             if not controllers:
@@ -57,10 +57,10 @@ def _own_paths() -> dict[str, str]:
     return paths
 
 
-def _mounts() -> list[tuple[str, str, str, set[str]]]:
+def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
     """(fstype, mount point, root within the hierarchy, options) of every cgroup mount, from mountinfo."""
     found = []
-    with open("/proc/self/mountinfo") as fh:
+    with open(mountinfo) as fh:
         for line in fh:
             left, _, right = line.rstrip("\n").partition(" - ")
             fields = left.split()
@@ -70,11 +70,15 @@ def _mounts() -> list[tuple[str, str, str, set[str]]]:
     return found
 
 
-def find_cgroup_dirs() -> tuple[int, dict[str, Path]]:
+def find_cgroup_dirs(
+    proc_cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo"
+) -> tuple[int, dict[str, Path]]:
     """Return (version, controller -> the directory of this process's own cgroup) for the controllers the
-    workers need, or raise OSError naming what is missing. Reads /proc only."""
-    own = _own_paths()
-    mounts = _mounts()
+    workers need, or raise OSError naming what is missing. Reads /proc (or the files given) only.
+
+    cgroup v1 wins when it has every controller (a hybrid system keeps them there and an empty v2 tree)."""
+    own = _own_paths(proc_cgroup)
+    mounts = _mounts(mountinfo)
     v1: dict[str, Path] = {}
     for fstype, point, root, options in mounts:
         if fstype != "cgroup":

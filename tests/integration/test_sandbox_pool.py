@@ -40,6 +40,7 @@ from plugin_pool.errors import (
     PluginCallError,
     PluginNotActiveError,
     PoolOverloadedError,
+    SandboxError,
     WorkerCrashedError,
 )
 from plugin_pool.lifecycle import PluginState
@@ -224,6 +225,61 @@ def test_plugin_that_cannot_import_fails_and_is_not_respawned(
     assert host.restarts == Counter()
     with pytest.raises(PluginNotActiveError):
         host.invoke("broken-import", "act", {"op": "pid"})
+
+
+def test_an_import_failure_fails_the_start_at_once_every_time(
+    open_host: HostFactory, make_plugin: PluginFactory
+) -> None:
+    # The worker reports the failure and exits at once; the host must not wait out initialize_timeout_s on a
+    # start step sent to a worker that is already gone (that happened in about 1 start in 10).
+    host = open_host(lifecycle={"initialize_timeout_s": 30.0})
+    host.add_plugin_dir(make_plugin("broken-again", source=PLUGINS / "broken_import"))
+    reasons = []
+    for _ in range(50):
+        host.start_plugin("broken-again")
+        reasons.append(host.get_plugin_health("broken-again").reason or "")
+    assert all("exited with code 72" in r and "missing dependency xyz" in r for r in reasons), set(reasons)
+
+
+@pytest.mark.timeout(20)  # a step that waited for its deadline (an hour) would hang: the timeout fails it
+def test_a_boot_step_sent_to_a_worker_that_already_exited_fails_at_once(tmp_path: Path) -> None:
+    # The race behind the slow failure, made certain: the worker's exit report came before the host even
+    # connected, so nothing will ever close the channel the step waits on (wait_for_ready).
+    from plugin_pool._proto.v1 import worker_pb2 as pb
+    from plugin_pool.config import load_config
+    from plugin_pool.sandbox.supervisor import BootError, Supervisor, WorkerHandle
+
+    supervisor = Supervisor(load_config().sandbox, on_worker_exit=lambda handle: None)
+    handle = WorkerHandle(plugin_id="gone", directory=tmp_path, socket_path=tmp_path / "nobody-listens")
+    handle.pid, handle.exit_code, handle.exit_tail = 4242, 72, ["plugin load failed: ImportError: no module"]
+    handle.exited.set()
+    supervisor._connect(handle)
+    try:
+        with pytest.raises(BootError) as caught:
+            supervisor._boot_step(
+                handle,
+                "initialize",
+                3600.0,
+                lambda stub, t: stub.Initialize.future(pb.InitializeRequest(), timeout=t, wait_for_ready=True),
+            )
+        assert caught.value.boot_failure
+        assert "exited with code 72: plugin load failed: ImportError: no module" in str(caught.value)
+    finally:
+        supervisor._close_channel(handle)
+
+
+def test_a_zygote_that_dies_while_it_starts_is_noticed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugin_pool.sandbox import supervisor
+
+    monkeypatch.setattr(
+        supervisor, "_ZYGOTE_BOOT", "import sys; sys.stderr.write('no zygote today'); raise SystemExit(9)"
+    )
+    zygote = supervisor._ZygoteProcess(tmp_path, lambda frame: None, lambda: None)
+    with pytest.raises(SandboxError) as caught:
+        zygote.start()
+    # Not "did not start within 15 s": the exit itself ended the wait, and the reason is in the message.
+    assert "exited with code 9 while starting" in str(caught.value)
+    assert "no zygote today" in str(caught.value)
 
 
 def test_initialize_that_raises_or_hangs_fails_only_that_plugin(
