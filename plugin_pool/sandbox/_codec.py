@@ -29,7 +29,6 @@ encoder here refuses them instead (``TypeError`` naming where in the value they 
 from __future__ import annotations
 
 import array
-import dataclasses
 import enum
 import itertools
 import math
@@ -88,13 +87,19 @@ _BYTES = (bytes, bytearray, memoryview)
 # -- JSON, with non-finite floats refused -----------------------------------------------------------------
 
 
+# orjson turns datetimes into strings and dataclasses into dicts on its own: a value that would arrive as
+# another type is refused like a set is, so a call gives the same types at every trust level or fails.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def dumps(value: Any, what: str = "value") -> bytes:
-    """``orjson.dumps(value)``, refusing NaN and +-Infinity (orjson would write them as null).
+    """``orjson.dumps(value)``, refusing what would not arrive as it left: NaN and +-Infinity (orjson would
+    write null), datetimes and dataclass instances (orjson would write a string and a dict).
 
     Raises TypeError for a value JSON cannot hold, naming the place of a non-finite float as ``what`` plus
     its path (``payload['scores'][2]``).
     """
-    data = orjson.dumps(value)
+    data = orjson.dumps(value, option=_STRICT)
     if b"null" in data:
         path = find_non_finite(value, what)
         if path is not None:
@@ -119,9 +124,6 @@ def find_non_finite(value: Any, path: str = "value") -> str | None:
             stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
         elif isinstance(item, enum.Enum):
             stack.append((item.value, f"{where}.value"))
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            fields = dataclasses.fields(item)
-            stack.extend((getattr(item, f.name), f"{where}.{f.name}") for f in reversed(fields))
     return None
 
 

@@ -148,7 +148,10 @@ class ConfinementSpec:
       ``default_read_only_paths()`` plus the worker code and plugin directories. Missing paths are skipped.
       With a mount namespace these are exactly what the worker's new root holds (bind mounts).
     - ``socket_dir``: where the worker creates its gRPC socket (MAKE_SOCK + REMOVE_FILE only), or None.
-    - ``cgroup_procs``: ``cgroup.procs`` files the worker joins first (``sandbox.cgroups`` made the groups).
+    - ``cgroup_procs``: ``cgroup.procs`` files the worker joins itself, first (``sandbox.cgroups`` made the
+      groups). A cgroup v1 move waits for an RCU grace period (~7 ms), so the pool moves its workers itself
+      while they confine themselves, and passes ``cgroup_dirs`` instead: the groups ``check_cgroups`` checks
+      the worker is in before it imports the plugin.
     - ``pid_namespace``: the zygote made a PID namespace for its workers; the worker checks it is in one.
     - ``mount_namespace`` (default False): a private root (``_mounts``) mounted on ``root_dir``, an empty
       directory, with a fresh /proc and a tmpfs /tmp of ``tmp_size_mb`` MiB and ``tmp_max_files`` inodes.
@@ -195,6 +198,7 @@ class ConfinementSpec:
     pdeathsig: int = int(signal.SIGKILL)
     extra_environment: tuple[tuple[str, str], ...] = ()
     cgroup_procs: tuple[str, ...] = ()
+    cgroup_dirs: tuple[str, ...] = ()
     pid_namespace: bool = False
     mount_namespace: bool = False
     root_dir: str | None = None
@@ -202,7 +206,7 @@ class ConfinementSpec:
     tmp_max_files: int = 4096
 
     def __post_init__(self) -> None:
-        paths = [self.temp_dir, *self.read_only_paths, *self.cgroup_procs]
+        paths = [self.temp_dir, *self.read_only_paths, *self.cgroup_procs, *self.cgroup_dirs]
         for optional in (self.socket_dir, self.root_dir):
             if optional is not None:
                 paths.append(optional)
@@ -233,8 +237,10 @@ class ConfinementSpec:
                 raise ValueError(f"ConfinementSpec: {name} must be positive, got {getattr(self, name)}")
         if LAYER_MOUNTNS in self.required_layers and not self.mount_namespace:
             raise ValueError("ConfinementSpec: layer 'mountns' is required but mount_namespace is False")
-        if LAYER_CGROUP in self.required_layers and not self.cgroup_procs:
-            raise ValueError("ConfinementSpec: layer 'cgroup' is required but cgroup_procs is empty")
+        if LAYER_CGROUP in self.required_layers and not (self.cgroup_procs or self.cgroup_dirs):
+            raise ValueError(
+                "ConfinementSpec: layer 'cgroup' is required but neither cgroup_procs nor cgroup_dirs is set"
+            )
         if LAYER_PIDNS in self.required_layers and not self.pid_namespace:
             raise ValueError("ConfinementSpec: layer 'pidns' is required but pid_namespace is False")
         if LAYER_UID in self.required_layers and self.uid is None:
@@ -278,7 +284,7 @@ class ConfinementSpec:
         for name in ("layers", "required_layers"):
             if name in kwargs:
                 kwargs[name] = frozenset(kwargs[name])
-        for name in ("read_only_paths", "keep_fds", "cgroup_procs"):
+        for name in ("read_only_paths", "keep_fds", "cgroup_procs", "cgroup_dirs"):
             if name in kwargs:
                 kwargs[name] = tuple(kwargs[name])
         if "extra_environment" in kwargs:
@@ -630,7 +636,9 @@ def confine_self(spec: ConfinementSpec, *, parent_pid: int) -> ConfinementReport
     steps.mark(STEP_ENVIRONMENT)
 
     # First, while still root: everything allocated from here on is charged to the worker's own groups.
-    if not spec.cgroup_procs:
+    if spec.cgroup_dirs and not spec.cgroup_procs:
+        steps.not_requested(LAYER_CGROUP, "pending: the host moves the worker, check_cgroups() before the import")
+    elif not spec.cgroup_procs:
         steps.not_requested(LAYER_CGROUP, "no cgroup configured")
     elif steps.wants(LAYER_CGROUP):
         try:
@@ -708,6 +716,31 @@ def confine_self(spec: ConfinementSpec, *, parent_pid: int) -> ConfinementReport
         gid=os.getgid(),
         step_ms=dict(steps.step_ms),
     )
+
+
+def check_cgroups(spec: ConfinementSpec, report: ConfinementReport, view_fd: int) -> ConfinementReport:
+    """Check that the parent put this process in every group of ``spec.cgroup_dirs``; return ``report`` with
+    the ``cgroup`` layer's outcome. ``view_fd`` is /proc/self/cgroup, opened before Landlock.
+
+    Raises ``ConfinementError`` if the layer is required and the process is not in its groups. Call it before
+    any plugin code runs. Reads one small file; safe to call twice.
+    """
+    if not spec.cgroup_dirs:
+        return report
+    steps = _Steps(spec)
+    steps.outcomes = dict(report.layers)
+    if not steps.wants(LAYER_CGROUP):
+        return report
+    # A group is named by its last two components (plugin-pool-<host>-<token>/w<n>), whatever the mount.
+    suffixes = {"/" + "/".join(d.rstrip("/").split("/")[-2:]) for d in spec.cgroup_dirs}
+    hierarchies = len(set(spec.cgroup_dirs))
+    lines = os.pread(view_fd, 65536, 0).decode(errors="replace").splitlines()
+    placed = [line for line in lines if any(line.endswith(suffix) for suffix in suffixes)]
+    if len(placed) >= hierarchies:
+        steps.done(LAYER_CGROUP, f"in its own groups in {hierarchies} hierarchies: memory, pids and cpu limits")
+    else:
+        steps.failed(LAYER_CGROUP, f"not in its groups {sorted(suffixes)}: /proc/self/cgroup reads {lines}")
+    return replace(report, layers=steps.outcomes)
 
 
 def get_host_pid() -> int:

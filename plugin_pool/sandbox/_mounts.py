@@ -7,7 +7,7 @@ at their usual paths:
 - read-only bind mounts of exactly what the worker needs: the Python runtime and the packages it imports,
   the worker code, the plugin's verified private copy, the system libraries (with the top-level symlinks
   such as ``/lib -> usr/lib`` that the dynamic loader's cache names), ``/etc/ld.so.cache``;
-- ``/dev`` with ``null``, ``zero``, ``full``, ``random`` and ``urandom`` only;
+- ``/dev`` with ``null``, ``zero``, ``random`` and ``urandom`` only;
 - a fresh ``/proc`` of the zygote's PID namespace, mounted ``hidepid=invisible,subset=pid``: with a uid of
   its own, the worker sees only its own process there;
 - ``/tmp``: a tmpfs of its own, limited in size and inodes (``noexec``, ``nosuid``, ``nodev``), counted in
@@ -39,7 +39,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 0x2
 
-DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 # Top-level links that library paths go through (Debian and Fedora merge /lib into /usr/lib).
 LINKED_DIRS = ("/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 ROOT_OPTIONS = "size=1m,nr_inodes=4096,mode=0755"
@@ -149,8 +149,8 @@ def build_root(plan: MountPlan) -> str:
             continue  # devices below, never with nodev
         _bind(root, path, MS_RDONLY | MS_NOSUID | MS_NODEV)
     for device in DEVICES:
-        if os.path.exists(device):
-            _bind(root, device, MS_NOSUID | MS_NOEXEC)
+        if os.path.exists(device):  # a device node cannot be executed and is not setuid: no remount needed
+            _mount(device, _make_target(root, device), None, MS_BIND)
     for path in _outermost(plan.read_write_paths):
         _bind(root, path, MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if plan.mount_proc:

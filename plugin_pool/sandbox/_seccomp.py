@@ -73,6 +73,12 @@ SELF_ONLY_ARGUMENTS: Final[tuple[tuple[str, int, int], ...]] = (
     ("ioprio_set", 0, 1), ("ioprio_set", 1, 0),  # IOPRIO_WHO_PROCESS, who = 0
 )  # fmt: skip
 SELF_ONLY_DENIED: Final[tuple[str, ...]] = ("kcmp",)
+# mknod of a socket node needs no privilege, and the worker's socket directory (on the host's disk) allows
+# making sockets (for grpc's bind): refused, so a worker cannot fill that directory with inodes. Device nodes
+# too (they need CAP_MKNOD, which a worker never has; refused all the same). FIFOs and files stay allowed.
+S_IFMT: Final = 0o170000
+MKNOD_DENIED_TYPES: Final[dict[str, int]] = {"S_IFSOCK": 0o140000, "S_IFCHR": 0o020000, "S_IFBLK": 0o060000}
+MKNOD_MODE_ARGUMENT: Final[dict[str, int]] = {"mknod": 1, "mknodat": 2}
 """Denied outright with the calls above: comparing another process's resources leaks what it holds."""
 
 # prctl options that would undo confinement once it is in place: the death signal that ties the worker to
@@ -179,6 +185,9 @@ def load_base_filter(self_pid: int) -> SeccompResult:
         add(name, eperm, pyseccomp.Arg(index, pyseccomp.NE, self_pid if allowed == SELF else allowed))
     for name in SELF_ONLY_DENIED:
         add(name, eperm)
+    for name, index in MKNOD_MODE_ARGUMENT.items():
+        for kind in MKNOD_DENIED_TYPES.values():
+            add(name, eperm, pyseccomp.Arg(index, pyseccomp.MASKED_EQ, S_IFMT, kind))
     # prctl's option is an int: compare its low 32 bits, as the kernel reads it.
     for option in DENIED_PRCTL_OPTIONS.values():
         add("prctl", eperm, pyseccomp.Arg(0, pyseccomp.MASKED_EQ, _MASK_32, option))

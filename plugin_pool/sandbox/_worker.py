@@ -38,6 +38,7 @@ from plugin_pool.sandbox._confine import (
     ConfinementError,
     ConfinementReport,
     ConfinementSpec,
+    check_cgroups,
     confine_self,
     lock_sockets,
 )
@@ -136,6 +137,9 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         self.plugin_id = plugin_id
         self.max_message_bytes = max_message_bytes
         self.ready = threading.Event()
+        """Set once the plugin is imported."""
+        self.go = threading.Event()
+        """Set by the host's first Initialize: only then is the plugin imported."""
         self.plugin: Any = None
         self.methods: dict[str, Callable[[Any], Any]] = {}
         self.async_methods: set[Callable[[Any], Any]] = set()
@@ -158,6 +162,7 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def Initialize(self, request: pb.InitializeRequest, context: grpc.ServicerContext) -> pb.StepReply:
+        self.go.set()  # the host has done its part (the worker's cgroups): the plugin may be imported now
         if not self.ready.wait(min(READY_WAIT_S, context.time_remaining() or READY_WAIT_S)):
             return pb.StepReply(error=_step_error("not_ready", message="the plugin is still loading"))
         try:
@@ -416,7 +421,16 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
     for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
     plugin_id = str(spec["plugin_id"])
-    confinement = ConfinementSpec.from_dict({**spec["confinement"], "stdout_fd": output_fd, "log_fd": output_fd})
+    # Opened before Landlock, read later: the groups the host puts this process in (see check_cgroups).
+    cgroup_view = os.open("/proc/self/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+    confinement = ConfinementSpec.from_dict(
+        {
+            **spec["confinement"],
+            "stdout_fd": output_fd,
+            "log_fd": output_fd,
+            "keep_fds": [*spec["confinement"].get("keep_fds", ()), cgroup_view],
+        }
+    )
     try:
         report = confine_self(confinement, parent_pid=parent_pid)
     except ConfinementError as exc:
@@ -442,6 +456,17 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
     server.start()
     try:
         servicer.report = lock_sockets(confinement, report)
+    except ConfinementError as exc:
+        sys.stderr.write(f"confinement failed: {exc}\n")
+        return EXIT_CONFINEMENT_FAILED
+    # The plugin is imported when the host's Initialize arrives: by then the host has moved this process into
+    # its cgroups (a cgroup v1 move waits for an RCU grace period, ~7 ms, so the host does it while the worker
+    # confines itself and starts its server), and the worker checks that before any plugin code runs.
+    if not servicer.go.wait(READY_WAIT_S):
+        sys.stderr.write(f"the host did not initialize the plugin within {READY_WAIT_S:g} s\n")
+        return EXIT_BOOT_FAILED
+    try:
+        servicer.report = check_cgroups(confinement, servicer.report, cgroup_view)
     except ConfinementError as exc:
         sys.stderr.write(f"confinement failed: {exc}\n")
         return EXIT_CONFINEMENT_FAILED

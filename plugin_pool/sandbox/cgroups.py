@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ GROUP_PREFIX = "plugin-pool-"
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
+REMOVE_WAIT_S = 2.0
+"""How long removing a worker's group waits for its last task to be gone."""
 _MIB = 1024 * 1024
 
 
@@ -126,6 +129,17 @@ class WorkerCgroup:
         """The files a process writes its pid (or 0) into to join every group of this worker."""
         return tuple(sorted({str(d / "cgroup.procs") for d in self.dirs.values()}))
 
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (all its threads) into every group of this worker. Blocks: a cgroup v1 move
+        waits for an RCU grace period (several ms). Raises OSError if the kernel refuses."""
+        for procs in self.procs_files:
+            _write(Path(procs), str(pid))
+
+    @property
+    def group_dirs(self) -> tuple[str, ...]:
+        """The distinct directories of this worker's groups (one per hierarchy). No side effects."""
+        return tuple(sorted({str(d) for d in self.dirs.values()}))
+
     def get_oom_kills(self) -> int:
         """How many processes of this group the kernel's OOM killer killed. Reads one file; 0 if it is gone."""
         name = "memory.oom_control" if self.version == 1 else "memory.events"
@@ -152,14 +166,23 @@ class WorkerCgroup:
             return None
         return None
 
-    def remove(self) -> None:
-        """Remove the groups (once the worker has exited; the kernel refuses while a task is left). Idempotent."""
+    def remove(self, wait_s: float = REMOVE_WAIT_S) -> None:
+        """Remove the groups once the worker has exited. The kernel refuses (EBUSY) while a task is left: a
+        worker killed with its zygote's PID namespace may still be on its way out, so this waits up to
+        ``wait_s`` for that. Idempotent."""
+        deadline = time.monotonic() + wait_s
         for directory in set(self.dirs.values()):
-            with contextlib.suppress(FileNotFoundError):
+            while True:
                 try:
                     directory.rmdir()
+                except FileNotFoundError:
+                    pass
                 except OSError as exc:
+                    if exc.errno == errno.EBUSY and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                        continue
                     _log.warning("cannot remove cgroup %s: %s", directory, exc, extra={"event": "cgroup_remove_failed"})
+                break
 
 
 class CgroupTree:

@@ -706,7 +706,11 @@ class Supervisor:
         deadline = time.monotonic() + self.config.boot_timeout_s
         try:
             zygote.send({"op": "spawn", "id": number, "spec": spec})
-            future.result(self.config.boot_timeout_s)
+            pid = future.result(self.config.boot_timeout_s)
+            if handle.cgroup is not None:
+                # Here, while the worker confines itself: a cgroup v1 move waits several ms for an RCU grace
+                # period. The worker imports the plugin only after Initialize, and checks it was moved.
+                handle.cgroup.add(pid)
             self._wait_for_socket(handle, deadline)
             self._connect(handle)
             self._boot_step(
@@ -846,7 +850,7 @@ class Supervisor:
             user_namespace=self.user_namespace,
             layers=frozenset(layers),
             required_layers=frozenset(self.required_layers),
-            cgroup_procs=handle.cgroup.procs_files if handle.cgroup is not None else (),
+            cgroup_dirs=handle.cgroup.group_dirs if handle.cgroup is not None else (),
             pid_namespace=self.pid_namespace,
             mount_namespace=self.mount_namespace,
             root_dir=str(handle.directory / "root") if self.mount_namespace else None,
@@ -885,7 +889,9 @@ class Supervisor:
 
     def _connect(self, handle: WorkerHandle) -> None:
         limit = int(self.config.max_message_mb * 1024 * 1024)
-        handle.channel = grpc.insecure_channel(
+        # Built on a local name and published last: the worker may die meanwhile, and its exit report closes
+        # (and clears) handle.channel from the zygote reader thread.
+        channel = grpc.insecure_channel(
             f"unix:{handle.socket_path}",
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -897,18 +903,21 @@ class Supervisor:
                 ("grpc.max_reconnect_backoff_ms", 20),
             ],
         )
-        handle.stub = pb_grpc.PluginWorkerStub(handle.channel)
+        handle.stub = pb_grpc.PluginWorkerStub(channel)
         # Calls: the PluginWorkerFrames methods with their one-field Frame written by hand (see _codec).
-        handle.call = handle.channel.unary_unary(
+        handle.call = channel.unary_unary(
             "/plugin_pool.v1.PluginWorkerFrames/Call",
             request_serializer=codec.frame,
             response_deserializer=codec.unframe,
         )
-        handle.call_batch = handle.channel.unary_unary(
+        handle.call_batch = channel.unary_unary(
             "/plugin_pool.v1.PluginWorkerFrames/CallBatch",
             request_serializer=codec.frame,
             response_deserializer=codec.unframe,
         )
+        handle.channel = channel
+        if handle.exited.is_set():  # it died while we connected: nobody else will close this channel
+            self._close_channel(handle)
         threading.Thread(
             target=self._serve_callbacks, args=(handle,), name=f"plugin-pool-cb-{handle.pid}", daemon=True
         ).start()

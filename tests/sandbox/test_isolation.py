@@ -163,6 +163,24 @@ def test_prctl_options_that_undo_confinement_are_refused(
     assert_errno(run_hostile("raw_syscall", dirs, [_nr("prctl"), option, 0, 0, 0, 0], spec=spec), errno.EPERM)
 
 
+@pytest.mark.parametrize("stack", ["bare", "seccomp_only", "full"])
+def test_socket_nodes_cannot_be_made_in_the_socket_directory(
+    dirs: Dirs, require_layers: Callable[..., None], stack: str
+) -> None:
+    # grpc may make its socket there, so Landlock allows MAKE_SOCK: without the filter a worker could fill
+    # that host directory with socket inodes made by mknod, which needs no privilege.
+    spec = {"bare": profile(dirs, BARE), "seccomp_only": profile(dirs, SECCOMP_ONLY), "full": make_spec(dirs)}[stack]
+    node = dirs.sock / "made-by-mknod"
+    run = run_hostile("make_node", dirs, [str(node), "socket"], spec=spec)
+    if stack == "bare":
+        assert run.result == {"made": str(node)}
+        assert node.exists()  # the control, seen from outside
+        return
+    require_layers("seccomp")
+    assert_errno(run, errno.EPERM)
+    assert not node.exists()
+
+
 # -- the tie to the parent ------------------------------------------------------------------------------------
 
 # Starts the runner, then waits to be killed. With "pidns" it first makes a PID namespace and forks its init,

@@ -5,7 +5,9 @@ side (joining, OOM kills) is tested for real in tests/sandbox/test_isolation.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,3 +77,39 @@ def test_a_v2_worker_group_gets_memory_swap_pids_and_cpu_limits(tmp_path: Path) 
     (group / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 2000000\n")
     assert worker.get_oom_kills() == 1
     assert worker.get_cpu_seconds() == 2.5
+
+
+def _report() -> Any:
+    from plugin_pool.sandbox import _confine
+
+    layers = {name: _confine.LayerOutcome("not_requested", "") for name in _confine.ALL_LAYERS}
+    return _confine.ConfinementReport(layers=layers, landlock_abi=0, uid=0, gid=0)
+
+
+def test_a_worker_checks_the_host_moved_it_before_its_plugin_is_imported(tmp_path: Path) -> None:
+    from plugin_pool.sandbox import _confine
+
+    dirs = (
+        "/sys/fs/cgroup/memory/process_api/abc/plugin-pool-7-beef/w3",
+        "/sys/fs/cgroup/pids/plugin-pool-7-beef/w3",
+    )
+    spec = _confine.ConfinementSpec(temp_dir="/tmp", cgroup_dirs=dirs)
+    moved = tmp_path / "moved"
+    moved.write_text("8:pids:/plugin-pool-7-beef/w3\n4:memory:/process_api/abc/plugin-pool-7-beef/w3\n0::/\n")
+    stayed = tmp_path / "stayed"
+    stayed.write_text("8:pids:/plugin-pool-7-beef/w3\n4:memory:/process_api/abc\n0::/\n")
+    for path, state in ((moved, "in_force"), (stayed, "skipped")):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert _confine.check_cgroups(spec, _report(), fd).layers["cgroup"].state == state
+        finally:
+            os.close(fd)
+    required = _confine.ConfinementSpec(
+        temp_dir="/tmp", cgroup_dirs=dirs, required_layers=frozenset({"cgroup"}) | _confine.DEFAULT_REQUIRED_LAYERS
+    )
+    fd = os.open(stayed, os.O_RDONLY)
+    try:
+        with pytest.raises(_confine.ConfinementError, match="not in its groups"):
+            _confine.check_cgroups(required, _report(), fd)
+    finally:
+        os.close(fd)

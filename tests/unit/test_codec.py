@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import math
 from typing import Any
@@ -116,7 +117,6 @@ class _Level(enum.Enum):
         ({"score": math.inf}, "payload['score']"),
         ([0, [1, -math.inf]], "payload[1][1]"),
         ((1.0, {"k": (math.nan,)}), "payload[1]['k'][0]"),
-        ({"f": _Finding("r", math.nan)}, "payload['f'].weight"),
         ([_Level.UNKNOWN], "payload[0].value"),
     ],
 )
@@ -125,6 +125,23 @@ def test_non_finite_floats_are_refused_with_their_place(value: Any, where: str) 
         codec.encode_call("scan", value)
     assert str(caught.value).startswith(f"{where} is not a finite number")
     assert codec.find_non_finite(value, "payload") == where
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _Finding("r", 1.0),
+        datetime.datetime(2026, 12, 6, 12, 0),
+        datetime.date(2026, 12, 6),
+        {"at": datetime.time(1, 2)},
+    ],
+)
+def test_values_orjson_would_turn_into_another_type_are_refused(value: Any) -> None:
+    # In-process the caller gets the object; through the sandbox it would get a dict or a string instead.
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        codec.encode_call("scan", value)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        codec.encode_result(value)
 
 
 def test_null_in_the_output_alone_is_no_reason_to_refuse() -> None:
