@@ -335,56 +335,61 @@ class _FolderReader:
         except OSError as exc:
             raise self._unreadable(frame.prefix.rstrip("/"), exc) from None
         subdirs = []
+        max_files = self.limits.max_files
         for entry in entries:
             name = entry.name
             if name in SKIPPED_NAMES:
                 continue
-            rel = frame.prefix + name
             self.entries += 1
-            if self.entries > self.limits.max_files:
+            if self.entries > max_files:
                 raise self.reject(
-                    rel,
+                    frame.prefix + name,
                     "too_many_files",
-                    f"the folder holds more than {self.limits.max_files} files and folders",
+                    f"the folder holds more than {max_files} files and folders",
                     "remove what the plugin does not need, or raise [discovery] max_plugin_files",
                 )
             try:
-                if entry.is_symlink():
-                    raise UnsafeFileError("symlink", name, "symbolic link")
-                if entry.is_dir(follow_symlinks=False):
+                # d_type first (no syscall on most file systems); the open below checks again with fstat.
+                if entry.is_file(follow_symlinks=False):
+                    if name.endswith(BYTECODE_SUFFIXES):
+                        raise self.reject(
+                            frame.prefix + name,
+                            "bytecode",
+                            "is compiled bytecode, which Python imports without its source and no hash can vouch for",
+                            "ship the source (.py) instead; the host compiles bytecode itself after verification",
+                        )
+                    rel = frame.prefix + name
+                    self.files[rel] = self._read_file(frame, name, rel)
+                    frame.holds_files = True
+                elif entry.is_dir(follow_symlinks=False):
                     subdirs.append(name)
-                    continue
-                if not entry.is_file(follow_symlinks=False):
+                elif entry.is_symlink():
+                    raise UnsafeFileError("symlink", name, "symbolic link")
+                else:
                     # Never open a fifo, socket or device: opening one can block or act on hardware.
                     raise UnsafeFileError(
                         "special_file", name, describe_mode(entry.stat(follow_symlinks=False).st_mode)
                     )
             except UnsafeFileError as exc:
-                raise self._unsafe(rel, exc) from None
+                raise self._unsafe(frame.prefix + name, exc) from None
             except OSError as exc:
-                raise self._unreadable(rel, exc) from None
-            if name.endswith(BYTECODE_SUFFIXES):
-                raise self.reject(
-                    rel,
-                    "bytecode",
-                    "is compiled bytecode, which Python imports without its source and no hash can vouch for",
-                    "ship the source (.py) instead; the host compiles bytecode itself after verification",
-                )
-            self.files[rel] = self._read_file(frame, name, rel)
-            frame.holds_files = True
+                raise self._unreadable(frame.prefix + name, exc) from None
         return subdirs
 
     def _read_file(self, frame: _Frame, name: str, rel: str) -> str:
-        """Hash one file (copying its bytes when there is a copy); return ``sha256:<hex>``."""
+        """Hash one file (copying its bytes when there is a copy); return ``sha256:<hex>``.
+
+        Raises the rejection itself; an OSError escaping here is turned into ``unreadable`` by the caller.
+        """
         try:
             fd, st = open_regular_at(name, frame.src_fd)
         except UnsafeFileError as exc:
             raise self._unsafe(rel, exc) from None
-        except OSError as exc:
-            raise self._unreadable(rel, exc) from None
         out: int | None = None
         try:
-            self._check_size(rel, st.st_size)
+            size = st.st_size
+            if size > self.limits.max_file_bytes or self.total_bytes + size > self.limits.max_total_bytes:
+                self._check_size(rel, size)
             if frame.dst_fd is not None:
                 try:
                     out = os.open(name, _WRITE_FLAGS, FILE_MODE, dir_fd=frame.dst_fd)
@@ -392,24 +397,22 @@ class _FolderReader:
                 except OSError as exc:
                     raise self._copy_failed(rel, exc) from None
             if rel == MANIFEST_NAME:
-                return self._read_manifest(fd, st.st_size, out, rel)
+                return self._read_manifest(fd, size, out, rel)
             h = hashlib.sha256()
-            want = min(st.st_size + 1, _CHUNK_BYTES)
-            size = 0
+            want = min(size + 1, _CHUNK_BYTES)
+            read = 0
             while True:
-                try:
-                    chunk = os.read(fd, want)
-                except OSError as exc:
-                    raise self._unreadable(rel, exc) from None
-                size += len(chunk)
-                self._check_size(rel, size)
+                chunk = os.read(fd, want)
+                read += len(chunk)
+                if read > size:  # grew since fstat: check the limits again as it grows
+                    self._check_size(rel, read)
                 h.update(chunk)
                 if out is not None and chunk:
                     self._write(out, chunk, rel)
                 if len(chunk) < want:  # a regular file reads short only at its end
                     break
                 want = _CHUNK_BYTES
-            self.total_bytes += size
+            self.total_bytes += read
             return "sha256:" + h.hexdigest()
         finally:
             os.close(fd)
@@ -430,7 +433,7 @@ class _FolderReader:
         if out is not None:
             self._write(out, raw, rel)
         try:
-            canonical = canonical_manifest_bytes(raw, self.folder / rel)
+            canonical = canonical_manifest_bytes(raw, Path(self.folder, rel))
         except IntegrityError as exc:
             message = str(exc).removeprefix(f"{exc.path}: ")
             raise self.reject(rel, "manifest", message, "fix the manifest") from None
@@ -502,7 +505,7 @@ def _close(frame: _Frame) -> None:
         os.close(frame.dst_fd)
 
 
-def _open_root(folder: Path, reader: _FolderReader) -> int:
+def _open_root(folder: Path | str, reader: _FolderReader) -> int:
     try:
         return open_dir_at(folder)
     except UnsafeFileError as exc:
@@ -533,8 +536,7 @@ def compute_content_hash(
     """
     shown = Path(directory)
     reader = _FolderReader(shown, limits or FolderLimits(), plugin_id)
-    real = Path(os.path.realpath(shown))
-    root_fd = _open_root(real, reader)
+    root_fd = _open_root(os.path.realpath(shown), reader)
     try:
         return reader.walk(root_fd, None)
     finally:
