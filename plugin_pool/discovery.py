@@ -212,7 +212,7 @@ def discover(
     skipped: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if not path.is_dir():
+        if not os.path.isdir(path):  # never raises (Path.is_dir raises for EACCES)
             _log.warning("discovery path skipped: %s does not exist or is not a folder", path)
             skipped.append(str(path))
             continue
