@@ -198,6 +198,31 @@ class DiscoveryConfig:
         "plugin_pool.plugins", "entry-point group of installed distributions that provide BuiltIn/Trusted plugins"
     )
     use_entry_points: bool = _setting(True, "whether discovery also loads plugins advertised by entry points")
+    entry_point_distributions: tuple[str, ...] = _setting(
+        (),
+        "installed distributions whose entry points may load: an entry point is imported into the host "
+        "process, so only these run (names as pip lists them; '*' for any); an entry point of any other "
+        "distribution is refused and reported without being imported",
+    )
+    max_plugin_bytes: int = _setting(
+        256 * 1024 * 1024,
+        "largest total size of one plugin folder's files (256 MiB); a larger folder is rejected at discovery "
+        "and when it is copied to start",
+        unit="bytes",
+        minimum=1024,
+    )
+    max_file_bytes: int = _setting(
+        64 * 1024 * 1024,
+        "largest single file in a plugin folder (64 MiB; plugin.toml: at most 1 MiB whatever this says)",
+        unit="bytes",
+        minimum=1024,
+    )
+    max_plugin_files: int = _setting(
+        20_000,
+        "most files and folders in one plugin folder (__pycache__ and .git not counted)",
+        unit="entries",
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True, slots=True)

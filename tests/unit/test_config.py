@@ -313,6 +313,14 @@ def test_file_errors_name_the_key_and_the_file(tmp_path: Path, text: str, key: s
     assert str(path) in str(error)
 
 
+@pytest.mark.parametrize("bad_id", ["x\n", "a/b", "x y"], ids=["newline", "slash", "space"])
+def test_a_plugin_id_key_with_a_trailing_newline_or_separator_is_refused(tmp_path: Path, bad_id: str) -> None:
+    import json
+
+    error, _ = config_error(tmp_path, f"[plugins.{json.dumps(bad_id)}]\nenabled = false\n")
+    assert error.key == f"plugins.{bad_id}" and "plugin id" in str(error)
+
+
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     error, path = config_error(tmp_path, "[host\nactor = \n")
     assert error.source == str(path)
