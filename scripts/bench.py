@@ -7,7 +7,8 @@
     .venv/bin/python scripts/bench.py --only sandbox --write    # some sections; --write replaces only those
 
 The sections, in the order they run (each is also a script of its own that rewrites only its section):
-in-process call paths (bench_inprocess.py), the Untrusted sandbox path (bench_sandbox.py), discovery
+in-process call paths (bench_inprocess.py), the Untrusted sandbox path (bench_sandbox.py), what the
+isolation layers cost (bench_isolation.py), discovery
 (bench_discovery.py) and the PostgreSQL registry (bench_registry.py: ``--dsn``, else ``$PLUGIN_POOL_TEST_DSN``;
 without a reachable database the section says so and the rest of the run goes on). This script calls the
 same functions the scripts do, then puts a summary on top: one call at each trust level against every
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 
 import bench_discovery
 import bench_inprocess
+import bench_isolation
 import bench_registry
 import bench_sandbox
 from _benchdoc import (
@@ -54,6 +56,7 @@ BASELINES = {
 TITLES = {
     "inprocess": "in-process",
     "sandbox": "Untrusted (sandbox)",
+    "isolation": "isolation layers",
     "discovery": "discovery",
     "registry": "PostgreSQL registry",
 }
@@ -195,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = bench_sandbox.parse_args(quick)
         box = bench_sandbox.measure(a.rounds, a.calls, a.kills, a.pin, a.quick)
         sections.append(done(bench_sandbox.render(box, line("bench_sandbox.py")), t0))
+    if "isolation" in wanted:
+        t0 = time.monotonic()
+        progress("isolation layers")
+        sections.append(
+            done(bench_isolation.section(bench_isolation.parse_args(quick), line("bench_isolation.py")), t0)
+        )
     if "discovery" in wanted:
         t0 = time.monotonic()
         progress("discovery")
