@@ -396,88 +396,66 @@ def test_cpu_spin_beyond_rlimit_cpu_is_killed_by_sigxcpu(dirs: Dirs, full_stack:
 # uid drop
 
 
-def _stdlib_of(python: str) -> str | None:
-    try:
-        out = subprocess.run(
-            [
-                python,
-                "-I",
-                "-c",
-                "import sys, sysconfig; print(sys.version_info[:2] == (3, 11) and sysconfig.get_paths()['stdlib'])",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out if out.startswith("/") else None
-
-
-def python_for_uid(uid: int) -> str | None:
-    """An interpreter (3.11) whose standard library ``uid`` can read, or None."""
-    candidates = [sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"]
-    for python in candidates:
-        stdlib = _stdlib_of(python) if os.path.exists(python) else None
-        if stdlib and _confine._find_inaccessible_path(stdlib, uid, uid, os.R_OK) is None:
-            return python
-    return None
-
-
 @pytest.fixture
-def uid_python(dirs: Dirs, skip_or_fail: Callable[[str], None], require_layers: Callable[..., None]) -> str:
-    require_layers("uid", "landlock", "seccomp")
-    python = python_for_uid(NOBODY)
-    if python is None:
-        skip_or_fail(f"no Python 3.11 here whose standard library uid {NOBODY} can read")
-        raise AssertionError("unreachable")
+def uid_dirs(dirs: Dirs, require_layers: Callable[..., None]) -> Dirs:
+    """The dirs, with the temp and socket dirs owned by the worker uid (as the pool makes them)."""
+    require_layers("uid", "landlock", "seccomp", "mountns")
     for path in (dirs.temp, dirs.sock):
         os.chown(path, NOBODY, NOBODY)
         path.chmod(0o700)
-    return python
+    (dirs.base / "root").mkdir()
+    return dirs
 
 
 def _uid_spec(dirs: Dirs) -> dict[str, Any]:
-    required = [n for n in _confine.ALL_LAYERS if n not in ("userns", "cgroup", "pidns", "mountns")]
-    return make_spec(dirs, user_namespace=False, uid=NOBODY, required_layers=required)
+    """A uid drop in a private root, as the pool confines its workers: the runtime is reachable through
+    the binds wherever it lives (this very checkout may lie below a 0700 directory)."""
+    required = [n for n in _confine.ALL_LAYERS if n not in ("userns", "cgroup", "pidns")]
+    return make_spec(
+        dirs,
+        user_namespace=False,
+        uid=NOBODY,
+        required_layers=required,
+        mount_namespace=True,
+        root_dir=str(dirs.base / "root"),
+        temp_dir="/tmp",
+    )
 
 
-PYSECCOMP_DIR = os.path.dirname(pyseccomp.__file__)
-
-
-def test_uid_drop_to_nobody(dirs: Dirs, uid_python: str) -> None:
-    run = run_hostile("introspect", dirs, spec=_uid_spec(dirs), python=uid_python, sys_path=(PYSECCOMP_DIR,))
-    assert run.report.is_in_force("uid")
+def test_uid_drop_to_nobody(uid_dirs: Dirs) -> None:
+    run = run_hostile("introspect", uid_dirs, spec=_uid_spec(uid_dirs))
+    assert run.report.is_in_force("uid") and run.report.is_in_force("mountns")
     assert run.result["resuid"] == [NOBODY] * 3
     assert run.result["groups"] == []
     assert run.result["pdeathsig"] == signal.SIGKILL  # armed again after setresuid
 
 
-def test_uid_drop_hides_root_only_files_in_the_plugin_dir(dirs: Dirs, uid_python: str) -> None:
-    private = dirs.plugin / "root-only.txt"
+def test_uid_drop_hides_root_only_files_in_the_plugin_dir(uid_dirs: Dirs) -> None:
+    private = uid_dirs.plugin / "root-only.txt"
     private.write_text("root only")
     private.chmod(0o600)
-    run = run_hostile(
-        "read_file", dirs, str(private), spec=_uid_spec(dirs), python=uid_python, sys_path=(PYSECCOMP_DIR,)
-    )
+    run = run_hostile("read_file", uid_dirs, str(private), spec=_uid_spec(uid_dirs))
     assert_errno(run, errno.EACCES)
 
 
-def test_uid_dropped_worker_dies_with_its_parent(dirs: Dirs, uid_python: str) -> None:
-    assert_dies_with_parent(dirs, _uid_spec(dirs), uid_python, (PYSECCOMP_DIR,))
+def test_uid_dropped_worker_dies_with_its_parent(uid_dirs: Dirs) -> None:
+    assert_dies_with_parent(uid_dirs, _uid_spec(uid_dirs), sys.executable, ())
 
 
 def test_required_uid_drop_refuses_an_unreadable_runtime(dirs: Dirs, require_layers: Callable[..., None]) -> None:
+    # Without a private root the uid must pass every directory above each read-only path itself.
     require_layers("uid")
     private = dirs.base / "private-runtime"
     private.mkdir(mode=0o700)
-    spec = _uid_spec(dirs)
+    required = [n for n in _confine.ALL_LAYERS if n not in ("userns", "cgroup", "pidns", "mountns")]
+    spec = make_spec(dirs, user_namespace=False, uid=NOBODY, required_layers=required)
     spec["read_only_paths"] = [*spec["read_only_paths"], str(private)]
-    python = python_for_uid(NOBODY)
-    run = run_hostile("introspect", dirs, spec=spec, python=python or sys.executable, sys_path=(PYSECCOMP_DIR,))
+    run = run_hostile("introspect", dirs, spec=spec)
     refused = run.stage("refused")
     assert refused["layer"] == "uid"
     assert f"does not let uid {NOBODY} reach" in refused["reason"] and "mount namespace" in refused["reason"]
-    if python is not None:  # otherwise the runtime itself is the first unreadable path
+    blocked_before = [
+        p for p in _confine.default_read_only_paths() if _confine._find_inaccessible_path(p, NOBODY, NOBODY, os.R_OK)
+    ]
+    if not blocked_before:  # otherwise the runtime itself is the first unreadable path (a 0700 checkout)
         assert str(private) in refused["reason"]

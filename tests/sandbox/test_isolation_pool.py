@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -147,9 +148,8 @@ def test_every_worker_runs_as_a_uid_and_gid_of_its_own(host: PluginHost, require
 @pytest.fixture
 def nobody_victim() -> Iterator[int]:
     """A process of the shared account 'nobody', which every worker ran as before they got uids of their own."""
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL, user=65534, group=65534
-    )
+    # /bin/sleep, not this interpreter: nobody may not reach a checkout below a 0700 directory.
+    proc = subprocess.Popen(["/bin/sleep", "60"], stdin=subprocess.DEVNULL, user=65534, group=65534)
     try:
         yield proc.pid
     finally:
@@ -444,3 +444,55 @@ def test_a_plugin_and_tmpdir_below_0700_directories_run_fully_confined(
     applied = set(out["confinement"]["applied"])
     assert {"uid", "mountns", "pidns", "landlock", "seccomp"} <= applied, applied
     assert not out["confinement"]["user_namespace"]  # no fallback to the weaker mode
+
+
+# -- an unprivileged host ---------------------------------------------------------------------------------
+
+
+def _reachable_by(uid: int, *paths: str) -> bool:
+    from plugin_pool.sandbox._confine import _find_inaccessible_path
+
+    return all(_find_inaccessible_path(p, uid, uid, os.R_OK) is None for p in paths)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can read (pytest's tmp_path lies below a 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="plugin-pool-unprivileged-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_an_unprivileged_host_confines_its_workers_in_namespaces_of_their_own(open_dir: Path) -> None:
+    import plugin_pool
+
+    runtime = (sys.prefix, sys.base_prefix, str(Path(plugin_pool.__file__).parent))
+    if os.geteuid() != 0 or not _reachable_by(65534, *runtime):
+        # Needs a root test process to become nobody, and a runtime nobody can read (not a 0700 checkout).
+        pytest.skip("the runtime is not readable by uid 65534 here (a checkout below a 0700 directory)")
+    plugin = open_dir / "echo"
+    shutil.copytree(PLUGINS_DIR / "echo", plugin, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in (plugin, *plugin.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    done = subprocess.run(
+        [sys.executable, "-c", _PRIVATE_HOST, str(plugin)],
+        env={**os.environ, "TMPDIR": "/tmp", "HOME": "/tmp"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+        user=65534,
+        group=65534,
+        extra_groups=[],
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    out = json.loads(done.stdout)
+    assert out["failed"] == {} and out["echo"] == [1, "two"]
+    confinement = out["confinement"]
+    # No uid of its own and no cgroup without root; namespaces, Landlock and seccomp all the same.
+    assert {"userns", "pidns", "mountns", "netns", "landlock", "seccomp", "seccomp_sockets"} <= set(
+        confinement["applied"]
+    ), confinement["applied"]
+    assert confinement["user_namespace"] and confinement["worker_uids"] is None
