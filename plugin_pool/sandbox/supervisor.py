@@ -710,7 +710,14 @@ class Supervisor:
             if handle.cgroup is not None:
                 # Here, while the worker confines itself: a cgroup v1 move waits several ms for an RCU grace
                 # period. The worker imports the plugin only after Initialize, and checks it was moved.
-                handle.cgroup.add(pid)
+                try:
+                    handle.cgroup.add(pid)
+                except OSError as exc:
+                    raise BootError(
+                        f"plugin {plan.plugin_id!r}: cannot move worker pid {pid} into its cgroups: {exc}",
+                        plugin_id=plan.plugin_id,
+                        pid=pid,
+                    ) from exc
             self._wait_for_socket(handle, deadline)
             self._connect(handle)
             self._boot_step(
