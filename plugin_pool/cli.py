@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from plugin_pool.config import Config, PluginSettings, list_settings, load_config
+from plugin_pool.content import FolderLimits
 from plugin_pool.discovery import Discovery, format_discovery_report
 from plugin_pool.errors import ConfigError, PluginPoolError
 from plugin_pool.host import HostHealth, PluginHost, os_user
@@ -577,6 +578,14 @@ def _cmd_keygen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _folder_limits(args: argparse.Namespace) -> FolderLimits:
+    """The folder limits of ``--config FILE`` ([discovery]), else the defaults: hash, sign and verify read a
+    folder under the limits the host will apply."""
+    if args.config is None:
+        return FolderLimits()
+    return FolderLimits.from_config(load_config(args.config, env=os.environ).discovery)
+
+
 def _cmd_sign(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from plugin_pool.integrity import MANIFEST_NAME, IntegrityError, load_private_key, read_signature, sign_plugin
 
@@ -588,19 +597,27 @@ def _cmd_sign(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except IntegrityError as exc:
         err.write(f"plugin-pool sign: {exc}\n")
         return 2
-    kid = sign_plugin(args.dir, key)
+    try:
+        kid = sign_plugin(args.dir, key, limits=_folder_limits(args))
+    except IntegrityError as exc:
+        err.write(f"plugin-pool sign: not signed: {exc}\n")
+        return 1
     signature = read_signature(manifest)
     out.write(f"signed {args.dir} with key {kid}\ncontent hash {signature.content_hash if signature else '?'}\n")
     return 0
 
 
 def _cmd_hash(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from plugin_pool.integrity import compute_content_hash
+    from plugin_pool.integrity import IntegrityError, compute_content_hash
 
     if not os.path.isdir(args.dir):
         err.write(f"plugin-pool hash: {args.dir}: not a directory; give a plugin folder\n")
         return 2
-    content = compute_content_hash(args.dir)
+    try:
+        content = compute_content_hash(args.dir, limits=_folder_limits(args))
+    except IntegrityError as exc:
+        err.write(f"plugin-pool hash: {exc}\n")
+        return 1
     out.write(content.digest + "\n")
     if args.files:
         for path, digest in content.files.items():
@@ -619,7 +636,7 @@ def _cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"plugin-pool verify: {exc}\n")
         return 2
     try:
-        kid, content = verify_plugin(args.dir, keys)
+        kid, content = verify_plugin(args.dir, keys, limits=_folder_limits(args))
     except IntegrityError as exc:
         err.write(f"plugin-pool verify: INVALID: {exc}\n")
         return 1
@@ -683,7 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("dir", help="the plugin folder")
     sign.add_argument("--key", required=True, metavar="PRIVATE.pem", help="the private key (from keygen)")
     sign.set_defaults(func=_cmd_sign)
-    hash_cmd = sub.add_parser("hash", help="print the content hash of a plugin folder")
+    hash_cmd = sub.add_parser(
+        "hash", help="print the content hash of a plugin folder (exit 1 if the folder holds what may not run)"
+    )
     hash_cmd.add_argument("dir", help="the plugin folder")
     hash_cmd.add_argument("--files", action="store_true", help="also print each file's hash")
     hash_cmd.set_defaults(func=_cmd_hash)
@@ -697,6 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a trusted public key file, or a directory of *.pem/*.pub files (repeatable)",
     )
     verify.set_defaults(func=_cmd_verify)
+    for cmd in (sign, hash_cmd, verify):
+        cmd.add_argument(
+            "--config", metavar="FILE", help="read the folder limits ([discovery] max_plugin_bytes ...) from FILE"
+        )
 
     disc = sub.add_parser("discover", help="show what would load from the discovery paths, and why anything would not")
     disc.add_argument("config", nargs="?", help="configuration file (TOML) with [discovery] and [trust]")

@@ -34,6 +34,7 @@ __all__ = [
     "WorkloadConfig",
     "check_pool_size",
     "load_config",
+    "parse_uid_range",
     "resolve_pool_size",
 ]
 
@@ -109,14 +110,51 @@ class SandboxConfig:
     boot_timeout_s: float = _setting(10.0, "time a worker may take from fork to serving", unit="s", minimum=0.1)
     cpu_time_s: int = _setting(300, "RLIMIT_CPU of a worker: CPU seconds over its whole life", unit="s", minimum=1)
     memory_mb: int = _setting(
-        512, "RLIMIT_DATA of a worker (RLIMIT_AS misfires with gRPC's reservations)", unit="MiB", minimum=256
+        512,
+        "memory of a worker: RLIMIT_DATA (RLIMIT_AS misfires with gRPC's reservations) and the limit of its memory "
+        "cgroup, which also counts shared mappings, memfd and its /tmp",
+        unit="MiB",
+        minimum=256,
     )
     open_files: int = _setting(256, "RLIMIT_NOFILE of a worker", unit="files", minimum=16)
     file_size_mb: int = _setting(64, "RLIMIT_FSIZE of a worker: largest file it may write", unit="MiB", minimum=1)
     worker_user: str = _setting(
         "auto",
-        "uid the workers drop to when the host is root: 'auto' (nobody if the Python runtime is "
-        "readable by it, else a user namespace), a user name, a number, or 'userns'",
+        "identity of the workers: 'auto' (a root host gives each worker its own uid and gid from uid_range; "
+        "an unprivileged host uses a user namespace) or 'userns' (a user namespace, also on a root host, "
+        "still with one uid from uid_range per worker outside it when the host is root)",
+        choices=("auto", "userns"),
+    )
+    uid_range: str = _setting(
+        "1879048192-1879113727",
+        "'first-last' uids (and gids) handed out one per worker, released when it exits; no user or other "
+        "process of the machine may use them (the default, 0x70000000 + 64 Ki, is outside every range "
+        "distributions and systemd allocate)",
+    )
+    runtime_dir: str = _setting(
+        "auto",
+        "where the pool keeps its private directory (sockets, staged plugins, uid locks): 'auto' is "
+        "/run/plugin-pool for a root host, else the system temp dir; socket paths do not grow with plugin ids",
+    )
+    tmp_size_mb: int = _setting(
+        64, "size of each worker's private /tmp (a tmpfs, counted in its memory cgroup)", unit="MiB", minimum=1
+    )
+    tmp_max_files: int = _setting(4096, "files and directories each worker's /tmp may hold", unit="inodes", minimum=16)
+    max_threads: int = _setting(
+        128,
+        "threads (and processes) one worker may have: its cgroup's pids.max and RLIMIT_NPROC of its own uid",
+        unit="threads",
+        minimum=16,
+    )
+    cpu_quota: float = _setting(
+        1.0, "CPU share of one worker in its cgroup (1.0 = one CPU); 0 leaves it unbounded", unit="CPUs", minimum=0
+    )
+    idle_cpu_limit: float = _setting(
+        0.5,
+        "CPU share a worker may burn while no call is in flight before it is replaced (counted as 'cpu', "
+        "toward the crash loop); 0 turns the watch off",
+        unit="CPUs",
+        minimum=0,
     )
     required_layers: str = _setting(
         "available",
@@ -170,6 +208,31 @@ class DiscoveryConfig:
         "plugin_pool.plugins", "entry-point group of installed distributions that provide BuiltIn/Trusted plugins"
     )
     use_entry_points: bool = _setting(True, "whether discovery also loads plugins advertised by entry points")
+    entry_point_distributions: tuple[str, ...] = _setting(
+        (),
+        "installed distributions whose entry points may load: an entry point is imported into the host "
+        "process, so only these run (names as pip lists them; '*' for any); an entry point of any other "
+        "distribution is refused and reported without being imported",
+    )
+    max_plugin_bytes: int = _setting(
+        256 * 1024 * 1024,
+        "largest total size of one plugin folder's files (256 MiB); a larger folder is rejected at discovery "
+        "and when it is copied to start",
+        unit="bytes",
+        minimum=1024,
+    )
+    max_file_bytes: int = _setting(
+        64 * 1024 * 1024,
+        "largest single file in a plugin folder (64 MiB; plugin.toml: at most 1 MiB whatever this says)",
+        unit="bytes",
+        minimum=1024,
+    )
+    max_plugin_files: int = _setting(
+        20_000,
+        "most files and folders in one plugin folder (__pycache__ and .git not counted)",
+        unit="entries",
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +551,7 @@ def load_config(
         max_total_workers=sandbox.max_total_workers,
         source=_sources_of(source, env or {}, overrides),
     )
+    _check_uid_range(sections["sandbox"].uid_range, source)
     plugins_table = data.get("plugins", {})
     if not isinstance(plugins_table, Mapping):
         raise ConfigError(f"[plugins] in {source} must be a table of tables", key="plugins", source=source)
@@ -512,6 +576,38 @@ def _sources_of(source: str, env: Mapping[str, str], overrides: Mapping[str, Any
     if overrides and "sandbox" in overrides:
         names.append("overrides")
     return " + ".join(names)
+
+
+UID_MAX = 2**31 - 1
+"""Highest uid a worker may get: larger ids break tools that read uids as signed 32-bit numbers."""
+
+
+def parse_uid_range(text: str) -> tuple[int, int]:
+    """Parse ``sandbox.uid_range`` ('first-last', inclusive) into (first, last). No side effects.
+
+    Raises ValueError saying what is wrong: not two numbers, uid 0 or a system uid (below 1000), first above
+    last, or beyond ``UID_MAX``.
+    """
+    first_text, sep, last_text = text.strip().partition("-")
+    if not sep or not first_text.strip().isdigit() or not last_text.strip().isdigit():
+        raise ValueError(f"expected 'first-last', two uids such as '1879048192-1879113727', got {text!r}")
+    first, last = int(first_text), int(last_text)
+    if first < 1000:
+        raise ValueError(f"the range starts at {first}: uids below 1000 belong to the system")
+    if last < first:
+        raise ValueError(f"the range ends at {last}, before its first uid {first}")
+    if last > UID_MAX:
+        raise ValueError(f"the range ends at {last}, above {UID_MAX}")
+    return first, last
+
+
+def _check_uid_range(text: str, source: str) -> None:
+    try:
+        parse_uid_range(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"sandbox.uid_range in {source} is invalid: {exc}", key="sandbox.uid_range", source=source
+        ) from None
 
 
 def _resolve_entry(settings: PluginSettings, base: Path) -> PluginSettings:

@@ -1,6 +1,6 @@
 """Discovery: which plugins the configured folders and entry points offer, at which trust level, and why not.
 
-Sources, in this order (the first plugin with an id wins; later ones with the same id are errors):
+Sources, in this order (the first plugin with an id wins; later ones with the same id are duplicates):
 
 1. every folder of ``[discovery] paths``, in the order given: a folder that holds a ``plugin.toml`` is one
    plugin, otherwise each of its subfolders (sorted by name; hidden ones and ``__pycache__`` skipped) that
@@ -8,12 +8,21 @@ Sources, in this order (the first plugin with an id wins; later ones with the sa
 2. the entry points of the group ``[discovery] entry_point_group`` (sorted by name), when
    ``use_entry_points`` is on: installed distributions providing BuiltIn or Trusted plugins.
 
-A folder is read as data only: its manifest is parsed and its files are hashed, nothing in it is imported
-here. Its trust level is decided here: ``untrusted`` as declared; ``trusted`` only with a valid Ed25519
-signature by a configured key over the manifest and the content hash (otherwise rejected, or downgraded to
-Untrusted when ``[trust] unsigned_trusted = "downgrade"``; never upgraded); ``builtin`` is refused.
-An entry point is not loaded here either: the host imports it when it adds it, and checks that the object
-it gets says BuiltIn or Trusted.
+**Each folder is judged alone**: whatever one folder holds (an invalid id, a manifest that is not UTF-8,
+a symlink, a fifo, more bytes than ``[discovery] max_plugin_bytes``), it is rejected with its path and
+the reason and the scan goes on; ``discover`` raises only for a bad argument.
+
+A folder is read as data only: its manifest is parsed and its files are hashed (plugin_pool.content, under
+the ``[discovery]`` limits), nothing in it is imported here. Its trust level is decided here:
+``untrusted`` as declared; ``trusted`` only with a valid Ed25519 signature by a configured key over the
+manifest and the content hash (otherwise rejected, or downgraded to Untrusted when ``[trust]
+unsigned_trusted = "downgrade"``; never upgraded); ``builtin`` is refused.
+
+**Entry points are installed code, so they run with in-process trust**, and importing one runs its code
+in the host. So the decision is made before any import, from the installed metadata alone: an entry point
+is offered only when its distribution is listed in ``[discovery] entry_point_distributions`` (``"*"``:
+any); any other is refused and reported, never imported. The host imports an offered one when it adds it
+and fails it (without routing to it) unless the object says BuiltIn or Trusted.
 
 The result is ordered deterministically: priority (higher first), then id. :class:`Discovery` caches it
 until :meth:`Discovery.rescan`, which reports what was added, changed (content hash differs) and removed.
@@ -22,6 +31,8 @@ until :meth:`Discovery.rescan`, which reports what was added, changed (content h
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,17 +40,11 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from plugin_pool.errors import ContentHashMismatchError, InvalidPluginError
-from plugin_pool.integrity import (
-    ContentHash,
-    IntegrityError,
-    SignatureError,
-    compute_content_hash,
-    load_trusted_keys,
-    verify_plugin,
-)
+from plugin_pool.content import ContentHash, FolderLimits, compute_content_hash
+from plugin_pool.errors import ContentHashMismatchError, IntegrityError, PluginPoolError, SignatureError
+from plugin_pool.integrity import load_trusted_keys, verify_plugin
 from plugin_pool.manifest import MANIFEST_NAME, Manifest, ManifestError, check_host_version, read_manifest
-from plugin_pool.model import TrustLevel, validate_plugin_id
+from plugin_pool.model import TrustLevel, is_valid_plugin_id
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
     from plugin_pool.config import Config
 
 __all__ = [
+    "ANY_DISTRIBUTION",
     "DEFAULT_ENTRY_POINT_GROUP",
     "ContentHashMismatchError",
     "DiscoveredPlugin",
@@ -62,20 +68,32 @@ __all__ = [
 _log = logging.getLogger("plugin_pool.discovery")
 
 DEFAULT_ENTRY_POINT_GROUP = "plugin_pool.plugins"
+ANY_DISTRIBUTION = "*"
+"""In ``entry_point_distributions``: entry points of every installed distribution may load."""
 
-ErrorKind = Literal["manifest", "signature", "integrity", "host_version", "duplicate", "entry_point", "missing_path"]
-"""Why a candidate was not accepted: a bad manifest, a rejected signature, a content problem (a symlink
-leaving the folder, an unreadable file), an unsupported host version, an id seen before, an unusable entry
-point name, or a configured path that does not exist."""
+ErrorKind = Literal[
+    "manifest", "signature", "integrity", "host_version", "duplicate", "entry_point", "missing_path", "path"
+]
+"""Why a candidate was not accepted: a bad manifest, a rejected signature, a content problem (a symlink,
+a special file, bytecode, a limit passed, an unreadable file: ``integrity_kind`` says which), an
+unsupported host version, an id seen before (audited as ``duplicate_rejected``), an entry point that may
+not load (bad name, distribution not allowed), a configured path that does not exist, or one that cannot
+be listed."""
 
 
 def check_content_hash(
-    plugin_id: str, directory: Path, expected: ContentHash, *, shown: Path | None = None
+    plugin_id: str,
+    directory: Path,
+    expected: ContentHash,
+    *,
+    shown: Path | None = None,
+    limits: FolderLimits | None = None,
 ) -> ContentHash:
     """Hash ``directory`` and raise ContentHashMismatchError unless it matches ``expected``. Blocks to read
     the files; safe to call any number of times. Returns the fresh hash. ``shown`` is the folder the error
-    names (the original folder when ``directory`` is a private copy of it)."""
-    actual = compute_content_hash(directory)
+    names (the original folder when ``directory`` is a private copy of it). Superseded for staging by
+    :func:`plugin_pool.staging.stage_plugin`, which copies and hashes in one pass."""
+    actual = compute_content_hash(directory, limits=limits, plugin_id=plugin_id)
     if actual.digest != expected.digest:
         raise ContentHashMismatchError(plugin_id, shown or directory, expected, actual)
     return actual
@@ -86,7 +104,7 @@ class DiscoveredPlugin:
     """One candidate discovery found: a plugin it would add, or one it would not and why (``error``)."""
 
     plugin_id: str | None
-    """The plugin's id (None when not even that could be read)."""
+    """The plugin's id (None when no valid id could be read: the folder is then named by ``source``)."""
     source: str
     """The plugin folder, or ``entry point NAME = VALUE (distribution DIST)``."""
     kind: Literal["folder", "entry_point", "path"]
@@ -103,6 +121,11 @@ class DiscoveredPlugin:
     error_kind: ErrorKind | None = None
     key_id: str | None = None
     """The trusted key that signed a Trusted folder plugin."""
+    integrity_kind: str | None = None
+    """For ``error_kind`` ``integrity`` and ``signature``: the error's ``kind`` (one of REJECTION_KINDS, or
+    ``signature``), the label the host counts in ``plugin_integrity_rejections_total{kind}``."""
+    duplicate_of: str | None = None
+    """For ``error_kind`` ``duplicate``: the source that has the id (this one is the rejected one)."""
 
     @property
     def ok(self) -> bool:
@@ -112,7 +135,11 @@ class DiscoveredPlugin:
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryResult:
-    """What one scan found: ``plugins`` (priority then id) and ``errors`` / ``skipped_paths`` (scan order)."""
+    """What one scan found: ``plugins`` (priority then id) and ``errors`` / ``skipped_paths`` (scan order).
+
+    ``errors`` holds every rejected candidate, a folder without a valid id included (``plugin_id`` None,
+    named by ``source``); :attr:`duplicates` and :attr:`rejected` split it for the host's audit.
+    """
 
     plugins: tuple[DiscoveredPlugin, ...]
     errors: tuple[DiscoveredPlugin, ...] = ()
@@ -131,6 +158,16 @@ class DiscoveryResult:
         """Ids of the accepted plugins, in load order."""
         return tuple(p.plugin_id for p in self.plugins if p.plugin_id)
 
+    @property
+    def duplicates(self) -> tuple[DiscoveredPlugin, ...]:
+        """Candidates refused because an earlier source has their id (``duplicate_of`` names it). Pure."""
+        return tuple(e for e in self.errors if e.error_kind == "duplicate")
+
+    @property
+    def rejected(self) -> tuple[DiscoveredPlugin, ...]:
+        """Every other refused candidate, with its source and reason (ids may be None). Pure."""
+        return tuple(e for e in self.errors if e.error_kind != "duplicate")
+
 
 @dataclass(frozen=True, slots=True)
 class RescanReport:
@@ -148,15 +185,19 @@ def discover(
     *,
     entry_point_group: str = DEFAULT_ENTRY_POINT_GROUP,
     use_entry_points: bool = True,
+    entry_point_distributions: Iterable[str] = (),
     trusted_keys: Mapping[str, Ed25519PublicKey] | None = None,
     unsigned_trusted: str = "reject",
     host_version: str | None = None,
+    limits: FolderLimits | None = None,
 ) -> DiscoveryResult:
     """Scan ``paths`` and the entry points once and return what would load. Blocks to read and hash files.
 
-    Imports nothing from any plugin. Never raises for a bad plugin or path: each is reported in
-    ``errors`` or ``skipped_paths`` and the scan goes on. Safe to call any number of times (no caching:
-    see :class:`Discovery`). ``host_version`` defaults to ``plugin_pool.__version__``.
+    Imports nothing from any plugin, folder or entry point. Never raises for a bad plugin, folder or
+    path: each is reported in ``errors`` or ``skipped_paths`` and the scan goes on (raises ValueError
+    only for a bad ``unsigned_trusted``). Safe to call any number of times (no caching: see
+    :class:`Discovery`). ``host_version`` defaults to ``plugin_pool.__version__``; ``limits`` to the
+    defaults of ``[discovery]``; ``entry_point_distributions`` to none (no entry point loads).
     """
     if unsigned_trusted not in ("reject", "downgrade"):
         raise ValueError(f"unsigned_trusted = {unsigned_trusted!r} is invalid: expected 'reject' or 'downgrade'")
@@ -165,18 +206,27 @@ def discover(
 
         host_version = __version__
     keys = dict(trusted_keys or {})
+    folder_limits = limits or FolderLimits()
+    allowed = frozenset(_normalize(name) for name in entry_point_distributions)
     found: list[DiscoveredPlugin] = []
     skipped: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if not path.is_dir():
+        if not os.path.isdir(path):  # never raises (Path.is_dir raises for EACCES)
             _log.warning("discovery path skipped: %s does not exist or is not a folder", path)
             skipped.append(str(path))
             continue
-        for folder in _plugin_folders(path):
-            found.append(_examine_folder(folder, keys, unsigned_trusted, str(host_version)))
+        try:
+            folders = _plugin_folders(path)
+        except OSError as exc:
+            found.append(_error(None, str(path), "path", "path", f"cannot list this folder ({exc.strerror})"))
+            continue
+        for folder in folders:
+            found.append(_judge_folder(folder, keys, unsigned_trusted, str(host_version), folder_limits))
     if use_entry_points:
-        found.extend(_examine_entry_point(ep) for ep in sorted(entry_points(group=entry_point_group), key=_ep_key))
+        found.extend(
+            _examine_entry_point(ep, allowed) for ep in sorted(entry_points(group=entry_point_group), key=_ep_key)
+        )
     accepted: dict[str, DiscoveredPlugin] = {}
     errors: list[DiscoveredPlugin] = []
     for candidate in found:
@@ -190,6 +240,7 @@ def discover(
                 f"duplicate plugin id {candidate.plugin_id!r}: already discovered from {first.source} "
                 f"(the first source wins); rename one of them",
                 priority=candidate.priority,
+                duplicate_of=first.source,
             )
         if candidate.ok:
             assert candidate.plugin_id is not None
@@ -202,34 +253,61 @@ def discover(
 
 
 def _plugin_folders(path: Path) -> list[Path]:
-    if (path / MANIFEST_NAME).is_file():
+    """The plugin folders of one configured path. A folder counts when anything is named plugin.toml in it
+    (a symlink or a fifo there is then rejected with its reason, not silently passed over)."""
+    if os.path.lexists(path / MANIFEST_NAME):
         return [path]
-    return sorted(
-        child
-        for child in path.iterdir()
-        if not child.name.startswith((".", "__")) and child.is_dir() and (child / MANIFEST_NAME).is_file()
-    )
+    folders = []
+    for child in sorted(path.iterdir()):
+        if child.name.startswith((".", "__")):
+            continue
+        try:
+            if child.is_dir() and os.path.lexists(child / MANIFEST_NAME):
+                folders.append(child)
+        except OSError as exc:
+            _log.warning("discovery: %s skipped: cannot be read (%s)", child, exc.strerror)
+            folders.append(child)  # judged (and rejected with the reason) like any other folder
+    return folders
+
+
+def _judge_folder(
+    folder: Path, keys: Mapping[str, Ed25519PublicKey], unsigned_trusted: str, host_version: str, limits: FolderLimits
+) -> DiscoveredPlugin:
+    """Examine one folder; whatever it holds ends as a DiscoveredPlugin, never as an exception."""
+    try:
+        return _examine_folder(folder, keys, unsigned_trusted, host_version, limits)
+    except (PluginPoolError, OSError, ValueError, RecursionError) as exc:
+        # Every expected problem is handled in _examine_folder; this is the guarantee that one folder
+        # cannot stop the scan, whatever it holds.
+        _log.exception("discovery: unexpected error examining %s", folder)
+        return _error(
+            _valid_id(getattr(exc, "plugin_id", None)) or _valid_id(folder.name),
+            str(folder),
+            "folder",
+            "integrity",
+            f"cannot examine this folder ({type(exc).__name__}: {exc}); check its files and permissions",
+        )
 
 
 def _examine_folder(
-    folder: Path, keys: Mapping[str, Ed25519PublicKey], unsigned_trusted: str, host_version: str
+    folder: Path, keys: Mapping[str, Ed25519PublicKey], unsigned_trusted: str, host_version: str, limits: FolderLimits
 ) -> DiscoveredPlugin:
     source = str(folder)
     try:
         manifest = read_manifest(folder)
     except ManifestError as exc:
-        plugin_id = exc.plugin_id or _id_or_none(folder.name)
-        return _error(plugin_id, source, "folder", "manifest", str(exc))
+        return _error(_valid_id(exc.plugin_id) or _valid_id(folder.name), source, "folder", "manifest", str(exc))
     info = manifest.info
     unsupported = check_host_version(manifest, host_version)
     if unsupported is not None:
         return _error(info.id, source, "folder", "host_version", unsupported, manifest=manifest)
     key_id: str | None = None
     level = info.trust_level
+    directory = manifest.directory  # resolved once: the folder hashed here is the one staged later
     try:
         if level is TrustLevel.TRUSTED:
             try:
-                key_id, content_hash = verify_plugin(folder, keys)
+                key_id, content_hash = verify_plugin(directory, keys, limits=limits, plugin_id=info.id)
                 decision = f"trusted: signed by key {key_id}"
             except SignatureError as exc:
                 why = _signature_problem(exc)
@@ -242,17 +320,16 @@ def _examine_folder(
                         f"claims Trusted but {why}; sign it with a trusted key (plugin-pool sign) or set "
                         f'[trust] unsigned_trusted = "downgrade" to run it Untrusted',
                         manifest=manifest,
+                        integrity_kind=exc.kind,
                     )
-                content_hash = compute_content_hash(folder)
+                content_hash = compute_content_hash(directory, limits=limits, plugin_id=info.id)
                 level = TrustLevel.UNTRUSTED
                 decision = f"untrusted (downgraded: {why})"
         else:
-            content_hash = compute_content_hash(folder)
+            content_hash = compute_content_hash(directory, limits=limits, plugin_id=info.id)
             decision = "untrusted: declared by its manifest; runs in the sandbox"
     except IntegrityError as exc:
-        return _error(info.id, source, "folder", "integrity", str(exc), manifest=manifest)
-    except OSError as exc:
-        return _error(info.id, source, "folder", "integrity", f"cannot read the plugin's files: {exc}")
+        return _error(info.id, source, "folder", "integrity", str(exc), manifest=manifest, integrity_kind=exc.kind)
     return DiscoveredPlugin(
         plugin_id=info.id,
         source=source,
@@ -272,10 +349,16 @@ def _signature_problem(exc: SignatureError) -> str:
     return f"its signature is not valid ({exc.reason}): {exc}"
 
 
-def _examine_entry_point(ep: EntryPoint) -> DiscoveredPlugin:
+def _normalize(distribution: str) -> str:
+    """A distribution name as PEP 503 compares them (``Demo_Plugins`` is ``demo-plugins``). Pure."""
+    return distribution if distribution == ANY_DISTRIBUTION else re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def _examine_entry_point(ep: EntryPoint, allowed: frozenset[str]) -> DiscoveredPlugin:
+    """Judge an entry point from the installed metadata alone: it is never imported here."""
     dist = getattr(ep.dist, "name", None) if ep.dist is not None else None
     source = f"entry point {ep.name} = {ep.value}" + (f" (distribution {dist})" if dist else "")
-    plugin_id = _id_or_none(ep.name)
+    plugin_id = _valid_id(ep.name)
     if plugin_id is None:
         return _error(
             None,
@@ -283,6 +366,16 @@ def _examine_entry_point(ep: EntryPoint) -> DiscoveredPlugin:
             "entry_point",
             "entry_point",
             f"entry point name {ep.name!r} is not a valid plugin id; name it after the plugin's id",
+        )
+    if ANY_DISTRIBUTION not in allowed and (dist is None or _normalize(dist) not in allowed):
+        return _error(
+            plugin_id,
+            source,
+            "entry_point",
+            "entry_point",
+            f"refused without importing it: an entry point runs in the host process, and distribution "
+            f"{dist or '(unknown)'!r} is not in [discovery] entry_point_distributions; list it there if you "
+            f"trust its code in-process, or ship the plugin as an Untrusted plugin folder",
         )
     return DiscoveredPlugin(
         plugin_id=plugin_id,
@@ -298,12 +391,8 @@ def _ep_key(ep: EntryPoint) -> tuple[str, str]:
     return ep.name, ep.value
 
 
-def _id_or_none(name: str) -> str | None:
-    try:
-        validate_plugin_id(name)
-    except (ValueError, InvalidPluginError):
-        return None
-    return name
+def _valid_id(name: object) -> str | None:
+    return name if isinstance(name, str) and is_valid_plugin_id(name) else None
 
 
 def _error(
@@ -315,10 +404,12 @@ def _error(
     *,
     manifest: Manifest | None = None,
     priority: int = 0,
+    integrity_kind: str | None = None,
+    duplicate_of: str | None = None,
 ) -> DiscoveredPlugin:
-    verdict = "rejected" if error_kind in ("signature", "integrity", "host_version") else "error"
+    verdict = "rejected" if error_kind in ("signature", "integrity", "host_version", "entry_point") else "error"
     return DiscoveredPlugin(
-        plugin_id=plugin_id,
+        plugin_id=_valid_id(plugin_id),
         source=source,
         kind=kind,
         trust_level=None,
@@ -327,6 +418,8 @@ def _error(
         manifest=manifest,
         error=message,
         error_kind=error_kind,
+        integrity_kind=integrity_kind,
+        duplicate_of=duplicate_of,
     )
 
 
@@ -340,17 +433,24 @@ class Discovery:
         *,
         entry_point_group: str = DEFAULT_ENTRY_POINT_GROUP,
         use_entry_points: bool = True,
+        entry_point_distributions: Iterable[str] = (),
         trusted_keys: Mapping[str, Ed25519PublicKey] | None = None,
         unsigned_trusted: str = "reject",
         host_version: str | None = None,
+        limits: FolderLimits | None = None,
     ) -> None:
+        distributions = tuple(entry_point_distributions)
+        self.limits = limits or FolderLimits()
+        """The folder limits this discovery hashes under (the host stages under the same)."""
         self._scan: Callable[[], DiscoveryResult] = lambda: discover(
             paths,
             entry_point_group=entry_point_group,
             use_entry_points=use_entry_points,
+            entry_point_distributions=distributions,
             trusted_keys=trusted_keys,
             unsigned_trusted=unsigned_trusted,
             host_version=host_version,
+            limits=self.limits,
         )
         self._lock = threading.Lock()
         self._result: DiscoveryResult | None = None
@@ -364,9 +464,11 @@ class Discovery:
             config.discovery.paths,
             entry_point_group=config.discovery.entry_point_group,
             use_entry_points=config.discovery.use_entry_points,
+            entry_point_distributions=config.discovery.entry_point_distributions,
             trusted_keys=keys,
             unsigned_trusted=config.trust.unsigned_trusted,
             host_version=host_version,
+            limits=FolderLimits.from_config(config.discovery),
         )
 
     def get_result(self) -> DiscoveryResult:
@@ -416,7 +518,9 @@ def _fingerprint(plugin: DiscoveredPlugin) -> tuple[Any, ...]:
 
 def format_discovery_report(results: DiscoveryResult | Iterable[DiscoveredPlugin]) -> str:
     """A plain-text table of what would load, at which trust level, and why anything would not (for
-    ``plugin-pool discover``). Pure."""
+    ``plugin-pool discover``): every rejected folder with its path and reason, every duplicate with both
+    sources. Control characters from folder names and manifests are shown escaped, so a crafted name
+    cannot forge lines of the report. Pure."""
     if isinstance(results, DiscoveryResult):
         rows = [*results.plugins, *results.errors]
         skipped = results.skipped_paths
@@ -430,11 +534,24 @@ def format_discovery_report(results: DiscoveryResult | Iterable[DiscoveredPlugin
     for row in loads:
         level = row.trust_level.value if row.trust_level else "in-process"
         digest = f"  {row.content_hash.digest[:23]}" if row.content_hash else ""
-        lines.append(f"  load  {row.plugin_id:<32} {level:<10} prio {row.priority:<4} {row.source}{digest}")
-        lines.append(f"        {row.decision}")
+        lines.append(f"  load  {row.plugin_id:<32} {level:<10} prio {row.priority:<4} {_shown(row.source)}{digest}")
+        lines.append(f"        {_shown(row.decision)}")
     for row in fails:
-        lines.append(f"  FAIL  {row.plugin_id or '?':<32} {row.source}")
-        lines.append(f"        {row.decision}")
+        label = "DUPLICATE" if row.error_kind == "duplicate" else "FAIL"
+        kind = row.error_kind + (f"/{row.integrity_kind}" if row.integrity_kind else "") if row.error_kind else ""
+        lines.append(f"  {label}  {row.plugin_id or '-':<32} {_shown(row.source)}")
+        if row.duplicate_of is not None:
+            lines.append(f"        duplicate_rejected: the id belongs to {_shown(row.duplicate_of)}")
+        lines.append(f"        [{kind}] {_shown(row.decision)}")
     for path in skipped:
-        lines.append(f"  SKIP  {path}: does not exist or is not a folder")
+        lines.append(f"  SKIP  {_shown(path)}: does not exist or is not a folder")
     return "\n".join(lines) + "\n"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``), surrogates from undecodable names too."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

@@ -19,8 +19,10 @@ Whether a failed call is safe to retry follows from its type (the README has the
     ├── InvalidPluginError (ValueError)
     │   ├── ManifestError
     │   └── IntegrityError
+    │       ├── IntegrityRejectedError
     │       ├── SignatureError
     │       └── ContentHashMismatchError
+    ├── StagingError
     ├── DuplicatePluginError, PluginNotFoundError (LookupError), IllegalTransitionError
     ├── PluginNotActiveError, PluginDisabledError, RequiredPluginError, HostClosedError
     ├── CapabilityDeniedError, TrustViolationError, ServiceNotAllowedError (PermissionError)
@@ -61,6 +63,7 @@ __all__ = [
     "HostClosedError",
     "IllegalTransitionError",
     "IntegrityError",
+    "IntegrityRejectedError",
     "InvalidPluginError",
     "LifecycleError",
     "LifecycleTimeoutError",
@@ -82,6 +85,7 @@ __all__ = [
     "SandboxError",
     "ServiceNotAllowedError",
     "SignatureError",
+    "StagingError",
     "TrustViolationError",
     "WorkerCrashedError",
 ]
@@ -118,15 +122,24 @@ class InvalidPluginError(PluginPoolError, ValueError):
 
 
 class ManifestError(InvalidPluginError):
-    """A manifest is missing, unreadable or invalid; ``path`` names the file and ``field`` the key."""
+    """A manifest is missing, unreadable or invalid; ``path`` names the file, ``field`` the key, ``reason``
+    says what is wrong (the message without the path)."""
 
     def __init__(self, message: str, *, path: Path, field: str | None = None, plugin_id: str | None = None) -> None:
         super().__init__(f"{path}: {message}", plugin_id=plugin_id, field=field)
         self.path = path
+        self.reason = message
 
 
 class IntegrityError(InvalidPluginError):
-    """A plugin folder cannot be hashed, or a manifest or key file cannot be read; ``path`` names the file."""
+    """A plugin folder cannot be hashed or staged, or a manifest or key file cannot be read.
+
+    ``path`` names the file (in the plugin's own folder, never a private copy of it). ``kind`` says why
+    for the errors of a plugin's content: ``hash_mismatch``, ``signature`` or one of REJECTION_KINDS
+    (None for a key or manifest file read outside a plugin's content).
+    """
+
+    kind: str | None = None
 
     def __init__(
         self, message: str, *, path: Path | str, plugin_id: str | None = None, field: str | None = None
@@ -135,12 +148,55 @@ class IntegrityError(InvalidPluginError):
         self.path = Path(path)
 
 
+REJECTION_KINDS = (
+    "symlink",
+    "special_file",
+    "bytecode",
+    "file_too_large",
+    "folder_too_large",
+    "too_many_files",
+    "too_deep",
+    "manifest",
+    "unreadable",
+)
+"""The ``kind`` of an IntegrityRejectedError: a symlink, a fifo/socket/device, sourceless bytecode, a file or
+the folder over its size limit, more entries or deeper folders than allowed, a manifest that cannot be
+canonicalized, and a file or folder that cannot be read (or changed from a folder to a file while read)."""
+
+
+class IntegrityRejectedError(IntegrityError):
+    """A plugin folder holds something a plugin folder may not hold, or more than the limits allow.
+
+    Raised while hashing or staging the folder, before anything of it runs. ``folder`` is the plugin's
+    own folder, ``file`` the offending path relative to it (``""`` for the folder itself), ``kind`` one of
+    REJECTION_KINDS, ``reason`` what was found and ``fix`` what to do. The host audits it as
+    ``integrity_rejected`` and counts it in ``plugin_integrity_rejections_total{kind}``.
+    """
+
+    def __init__(
+        self, *, folder: Path | str, file: str, kind: str, reason: str, fix: str, plugin_id: str | None = None
+    ) -> None:
+        if kind not in REJECTION_KINDS:
+            raise ValueError(f"unknown integrity rejection kind {kind!r}; expected one of {REJECTION_KINDS}")
+        who = f"plugin {plugin_id!r}: " if plugin_id else ""
+        super().__init__(
+            f"{who}{reason}; {fix}", path=Path(folder) / file if file else Path(folder), plugin_id=plugin_id
+        )
+        self.folder = Path(folder)
+        self.file = file
+        self.kind = kind
+        self.reason = reason
+        self.fix = fix
+
+
 class SignatureError(IntegrityError):
     """A plugin's signature is missing or does not verify.
 
     ``reason`` is one of ``unsigned``, ``malformed``, ``algorithm``, ``unknown_key``, ``bad_signature``,
     ``content_changed``; ``key_id`` names the signing key when the signature names one.
     """
+
+    kind = "signature"
 
     def __init__(
         self,
@@ -159,9 +215,12 @@ class SignatureError(IntegrityError):
 class ContentHashMismatchError(IntegrityError):
     """A plugin's files differ from the content hash recorded when it was registered.
 
-    ``plugin_id`` names the plugin, ``changes`` what differs (``"changed: x.py"``, ``"added: y"``,
-    ``"removed: z"``), ``expected`` and ``actual`` the two digests.
+    ``plugin_id`` names the plugin, ``path`` its folder (not a private copy), ``changes`` what differs
+    (``"changed: x.py"``, ``"added: y"``, ``"removed: z"``), ``expected`` and ``actual`` the two hashes.
+    The host audits it as ``hash_mismatch``.
     """
+
+    kind = "hash_mismatch"
 
     def __init__(self, plugin_id: str, path: Path, expected: ContentHash, actual: ContentHash) -> None:
         changes = expected.diff(actual)
@@ -177,6 +236,15 @@ class ContentHashMismatchError(IntegrityError):
         self.changes = changes
         self.expected = expected
         self.actual = actual
+
+
+class StagingError(PluginPoolError):
+    """The host could not write the private copy of a plugin folder (disk full, permissions): nothing the
+    plugin did. ``path`` names the plugin's folder."""
+
+    def __init__(self, message: str, *, plugin_id: str | None = None, path: Path | str | None = None) -> None:
+        super().__init__(message, plugin_id=plugin_id)
+        self.path = Path(path) if path is not None else None
 
 
 class DuplicatePluginError(PluginPoolError):

@@ -1,12 +1,9 @@
-"""Content hashes and Ed25519 signed manifests of plugin folders.
+"""Ed25519 signed manifests of plugin folders (and, re-exported, their content hashes).
 
-The content hash (the seed's ``assembly_hash``) is a SHA-256 over a plugin folder: every file, sorted by
-relative path, caches (``__pycache__``, ``*.pyc``, ``*.pyo``) and ``.git`` left out, symlinks that leave
-the folder and special files refused. The manifest enters the hash in its canonical form (parsed TOML
-without the ``[signature]`` table, as sorted JSON), so signing a folder does not change its hash.
-
-A signature is an Ed25519 signature over ``b"plugin_pool-manifest-v1\\n" + canonical manifest + b"\\n" +
-content digest``, written into ``plugin.toml`` as a trailing table:
+The content hash (the seed's ``assembly_hash``) is computed by :mod:`plugin_pool.content`, the one reader of
+a plugin folder's files; its names are re-exported here. A signature is an Ed25519 signature over
+``b"plugin_pool-manifest-v1\\n" + canonical manifest + b"\\n" + content digest``, written into
+``plugin.toml`` as a trailing table:
 
     [signature]
     key_id = "0123456789abcdef"       # first 16 hex of sha256 over the raw 32-byte public key
@@ -14,6 +11,8 @@ content digest``, written into ``plugin.toml`` as a trailing table:
     content_hash = "sha256:..."
     value = "<base64>"
 
+So a signature covers every file that can run: a file added, changed or removed after signing (a
+sourceless ``__init__.pyc`` included, which the content rule refuses outright) makes it fail to verify.
 This module reads files and never imports anything from a plugin folder.
 """
 
@@ -21,9 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as _dt
 import hashlib
-import math
 import os
 import re
 import stat
@@ -31,20 +28,28 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
-import orjson
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from plugin_pool.content import (
+    ContentHash,
+    FolderLimits,
+    canonical_data,
+    canonical_manifest,
+    compute_content_hash,
+    read_manifest_bytes,
+)
 from plugin_pool.errors import IntegrityError, SignatureError
+from plugin_pool.manifest import MANIFEST_NAME, ManifestError, parse_manifest_text
 
 __all__ = [
     "MANIFEST_NAME",
     "SIGNATURE_ALGORITHM",
     "ContentHash",
+    "FolderLimits",
     "IntegrityError",
     "Signature",
     "SignatureError",
@@ -61,53 +66,15 @@ __all__ = [
     "write_keypair",
 ]
 
-MANIFEST_NAME = "plugin.toml"
 SIGNATURE_ALGORITHM = "ed25519"
 _SIGNED_PREFIX = b"plugin_pool-manifest-v1\n"
-_IGNORED_NAMES = frozenset({"__pycache__", ".git"})
-_IGNORED_SUFFIXES = (".pyc", ".pyo")
-_READ_CHUNK_BYTES = 1 << 20
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+# Validation patterns are used with fullmatch only (a ``$`` anchor would accept a trailing newline).
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 _SIGNATURE_KEYS = ("key_id", "algorithm", "content_hash", "value")
-_HEADER_RE = re.compile(r"^[ \t]*\[")
-_SIGNATURE_HEADER_RE = re.compile(r"^[ \t]*\[[ \t]*signature[ \t]*[\].]")
-
-
-@dataclass(frozen=True)
-class ContentHash:
-    """The content hash of a plugin folder: the overall ``digest`` and each hashed file's digest.
-
-    ``files`` maps relative POSIX paths to ``sha256:<hex>``; its keys are exactly the files the digest
-    covers (a private copy of the folder should hold exactly these).
-    """
-
-    digest: str
-    files: Mapping[str, str]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
-
-    def __hash__(self) -> int:
-        return hash(self.digest)
-
-    def diff(self, other: ContentHash) -> list[str]:
-        """What changed from ``self`` (the earlier, recorded hash) to ``other`` (the current one). Pure.
-
-        Lines ``changed: PATH``, ``added: PATH`` (only in ``other``), ``removed: PATH`` (only in ``self``),
-        sorted by path; empty when the files are the same.
-        """
-        lines = []
-        for path in sorted(self.files.keys() | other.files.keys()):
-            before, after = self.files.get(path), other.files.get(path)
-            if before is None:
-                lines.append(f"added: {path}")
-            elif after is None:
-                lines.append(f"removed: {path}")
-            elif before != after:
-                lines.append(f"changed: {path}")
-        return lines
+# Line prefixes (match, not fullmatch): a TOML table header, and the [signature] one.
+_HEADER_RE = re.compile(r"[ \t]*\[")
+_SIGNATURE_HEADER_RE = re.compile(r"[ \t]*\[[ \t]*signature[ \t]*[\].]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,201 +87,16 @@ class Signature:
     value: str
 
 
-# --- content hash -----------------------------------------------------------------------------------------
-
-
-def compute_content_hash(directory: Path | str) -> ContentHash:
-    """The content hash of the plugin folder ``directory``. Blocks on reading every file once; safe to call twice.
-
-    Raises IntegrityError naming the path for a missing folder, an unreadable file, a symlink whose target
-    leaves the folder (or is missing, or loops), a special file (fifo, socket, device) and an invalid manifest.
-    """
-    root = Path(directory)
-    try:
-        real_root = os.path.realpath(root, strict=True)
-    except OSError as exc:
-        raise IntegrityError(f"cannot open the plugin folder ({exc.strerror}); check the path", path=root) from None
-    if not os.path.isdir(real_root):
-        raise IntegrityError("is not a directory; a plugin is a folder with a plugin.toml", path=root)
-    files: dict[str, str] = {}
-    stack: list[tuple[str, str, frozenset[str]]] = [(real_root, "", frozenset({real_root}))]
-    while stack:
-        real_dir, prefix, ancestors = stack.pop()
-        try:
-            with os.scandir(real_dir) as it:
-                entries = list(it)
-        except OSError as exc:
-            raise IntegrityError(f"cannot list this folder ({exc.strerror})", path=root / prefix) from None
-        for entry in entries:
-            name = entry.name
-            if name in _IGNORED_NAMES or name.endswith(_IGNORED_SUFFIXES):
-                continue
-            rel = prefix + name
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not _is_inside(target, real_root):
-                    raise IntegrityError(
-                        f"symlink leads out of the plugin folder (to {target}); replace it with a copy of what "
-                        f"it points to, or remove it",
-                        path=root / rel,
-                    )
-                try:
-                    mode = os.stat(target).st_mode
-                except OSError as exc:
-                    raise IntegrityError(
-                        f"symlink target cannot be read ({exc.strerror}); fix or remove the symlink", path=root / rel
-                    ) from None
-                if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                    raise _special_file(mode, root / rel)
-                if stat.S_ISDIR(mode):
-                    if target in ancestors:
-                        raise IntegrityError(
-                            "symlink loop (points to a folder containing it); remove it", path=root / rel
-                        )
-                    stack.append((target, rel + "/", ancestors | {target}))
-                else:
-                    files[rel] = _digest_entry(target, root, rel)
-            elif entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, rel + "/", ancestors | {entry.path}))
-            elif entry.is_file(follow_symlinks=False):
-                files[rel] = _digest_entry(entry.path, root, rel)
-            else:
-                # Never open a fifo, socket or device: opening one can block or act on hardware.
-                raise _special_file(entry.stat(follow_symlinks=False).st_mode, root / rel)
-    overall = hashlib.sha256()
-    ordered = dict(sorted(files.items()))
-    for rel, digest in ordered.items():
-        overall.update(rel.encode("utf-8", "surrogateescape") + b"\0" + digest[7:].encode("ascii") + b"\n")
-    return ContentHash(digest="sha256:" + overall.hexdigest(), files=ordered)
-
-
-def _is_inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root if root.endswith(os.sep) else root + os.sep)
-
-
-def _digest_entry(real_path: str, root: Path, rel: str) -> str:
-    if rel == MANIFEST_NAME:
-        return "sha256:" + hashlib.sha256(canonical_manifest(root / rel)).hexdigest()
-    fd = _open_regular(real_path, root / rel)
-    try:
-        size = os.fstat(fd).st_size
-        # One read for a small file: asking for one byte more than its size returns short at end of file.
-        want = min(size + 1, _READ_CHUNK_BYTES)
-        h = hashlib.sha256()
-        while True:
-            chunk = os.read(fd, want)
-            h.update(chunk)
-            if len(chunk) < want:
-                break
-            want = _READ_CHUNK_BYTES
-    except OSError as exc:
-        raise IntegrityError(f"cannot read this file ({exc.strerror})", path=root / rel) from None
-    finally:
-        os.close(fd)
-    return "sha256:" + h.hexdigest()
-
-
-def _special_file(mode: int, shown: Path) -> IntegrityError:
-    return IntegrityError(
-        f"is a special file ({_file_kind(mode)}); a plugin folder may hold only regular files, folders "
-        f"and symlinks inside it: remove it",
-        path=shown,
-    )
-
-
-def _open_regular(path: str | Path, shown: Path, *, checked: bool = True) -> int:
-    """Open a regular file for reading; O_NONBLOCK so a fifo swapped in cannot hang us, O_NOFOLLOW so no late symlink.
-
-    ``checked=False`` stats the path first, so a special file is refused without being opened.
-    """
-    try:
-        if not checked and not stat.S_ISREG(mode := os.stat(path).st_mode):
-            raise _special_file(mode, shown)
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        raise IntegrityError(f"cannot open this file ({exc.strerror})", path=shown) from None
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError as exc:
-        os.close(fd)
-        raise IntegrityError(f"cannot read this file ({exc.strerror})", path=shown) from None
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise _special_file(mode, shown)
-    return fd
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISFIFO, "fifo"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-        (stat.S_ISDIR, "directory"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-def _read_bytes(path: Path, what: str) -> bytes:
-    fd = _open_regular(os.path.realpath(path), path, checked=False)
-    try:
-        chunks = []
-        while chunk := os.read(fd, _READ_CHUNK_BYTES):
-            chunks.append(chunk)
-    except OSError as exc:
-        raise IntegrityError(f"cannot read the {what} ({exc.strerror})", path=path) from None
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
-# --- canonical manifest -----------------------------------------------------------------------------------
-
-
 def _load_toml(path: Path) -> dict[str, Any]:
-    raw = _read_bytes(path, "manifest")
+    raw = read_manifest_bytes(path)
     try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise IntegrityError(
-            f"the manifest is not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8", path=path
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise IntegrityError(f"the manifest is not valid TOML ({exc}); fix the syntax", path=path) from None
+        return parse_manifest_text(raw, path)
+    except ManifestError as exc:
+        raise IntegrityError(exc.reason, path=path) from None
 
 
 def _canonical(data: Mapping[str, Any], path: Path) -> bytes:
-    plain = _plain({k: v for k, v in data.items() if k != "signature"}, path, "")
-    try:
-        return orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError as exc:
-        raise IntegrityError(f"the manifest holds a value that cannot be canonicalized ({exc})", path=path) from None
-
-
-def _plain(value: Any, path: Path, where: str) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v, path, f"{where}.{k}" if where else k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, _dt.date | _dt.time):  # datetime is a date
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        # JSON has no inf or nan (orjson would write null for both), so they could not be told apart.
-        raise IntegrityError(f"{where} = {value!r}: inf and nan are not allowed in a manifest", path=path, field=where)
-    return value
-
-
-def canonical_manifest(manifest_path: Path | str) -> bytes:
-    """The canonical form of a manifest: its TOML data without ``[signature]``, as JSON with sorted keys.
-
-    Whitespace, comments, key order and the signature do not change it; any value does. Dates and times
-    become ISO 8601 strings. Blocks on reading one file; safe to call twice. Raises IntegrityError naming
-    the file when it is unreadable, not UTF-8, not valid TOML, or holds inf/nan.
-    """
-    path = Path(manifest_path)
-    return _canonical(_load_toml(path), path)
+    return canonical_data(data, path)
 
 
 # --- keys -------------------------------------------------------------------------------------------------
@@ -515,7 +297,7 @@ def read_signature(manifest_path: Path | str) -> Signature | None:
     return _signature_of(_load_toml(path), path)
 
 
-def sign_plugin(directory: Path | str, private_key: Ed25519PrivateKey) -> str:
+def sign_plugin(directory: Path | str, private_key: Ed25519PrivateKey, *, limits: FolderLimits | None = None) -> str:
     """Sign the plugin folder: write a ``[signature]`` table into its ``plugin.toml``; return the key id.
 
     Replaces an existing ``[signature]`` table; keeps the rest of the file's text as it was. The content
@@ -526,7 +308,7 @@ def sign_plugin(directory: Path | str, private_key: Ed25519PrivateKey) -> str:
     manifest = folder / MANIFEST_NAME
     if not os.path.isfile(manifest):
         raise IntegrityError(f"no {MANIFEST_NAME} to sign; a plugin folder needs a manifest", path=manifest)
-    content = compute_content_hash(folder)
+    content = compute_content_hash(folder, limits=limits)
     data = _load_toml(manifest)
     canonical = _canonical(data, manifest)
     _check_same_manifest(canonical, content, manifest)
@@ -554,7 +336,7 @@ def _strip_signature_table(text: str) -> str:
 
 
 def _write_signature(manifest: Path, signature: Signature, canonical: bytes) -> None:
-    text = _read_bytes(manifest, "manifest").decode("utf-8")
+    text = read_manifest_bytes(manifest).decode("utf-8")
     table = "[signature]\n" + "".join(f'{k} = "{getattr(signature, k)}"\n' for k in _SIGNATURE_KEYS)
     kept = _strip_signature_table(text).rstrip()
     new_text = f"{kept}\n\n{table}" if kept else table
@@ -589,7 +371,13 @@ def _write_signature(manifest: Path, signature: Signature, canonical: bytes) -> 
         raise IntegrityError(f"cannot write the signed manifest ({exc.strerror})", path=manifest) from None
 
 
-def verify_plugin(directory: Path | str, trusted_keys: Mapping[str, Ed25519PublicKey]) -> tuple[str, ContentHash]:
+def verify_plugin(
+    directory: Path | str,
+    trusted_keys: Mapping[str, Ed25519PublicKey],
+    *,
+    limits: FolderLimits | None = None,
+    plugin_id: str | None = None,
+) -> tuple[str, ContentHash]:
     """Verify the folder's signature; return (key id, the folder's current content hash).
 
     Raises SignatureError whose ``reason`` says why: ``unsigned``, ``malformed``, ``algorithm``,
@@ -616,7 +404,7 @@ def verify_plugin(directory: Path | str, trusted_keys: Mapping[str, Ed25519Publi
             reason="algorithm",
             key_id=kid,
         )
-    if not _KEY_ID_RE.match(kid) or not _DIGEST_RE.match(signature.content_hash):
+    if not _KEY_ID_RE.fullmatch(kid) or not _DIGEST_RE.fullmatch(signature.content_hash):
         raise SignatureError(
             "signature.key_id must be 16 hex characters and signature.content_hash 'sha256:' and 64 hex; "
             "sign again with plugin-pool sign",
@@ -644,7 +432,7 @@ def verify_plugin(directory: Path | str, trusted_keys: Mapping[str, Ed25519Publi
             reason="malformed",
             key_id=kid,
         )
-    content = compute_content_hash(folder)
+    content = compute_content_hash(folder, limits=limits, plugin_id=plugin_id)
     canonical = _canonical(data, manifest)
     _check_same_manifest(canonical, content, manifest)
     try:

@@ -48,15 +48,28 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from plugin_pool._files import UnsafeFileError, read_regular_file
 from plugin_pool.config import check_pool_size
 from plugin_pool.errors import ConfigError, InvalidPluginError, ManifestError
-from plugin_pool.model import Capabilities, Capability, PluginInfo, TrustLevel
+from plugin_pool.model import Capabilities, Capability, PluginInfo, TrustLevel, is_valid_plugin_id, validate_plugin_id
 
-__all__ = ["MANIFEST_NAME", "RESOURCE_LIMITS", "Manifest", "ManifestError", "check_host_version", "read_manifest"]
+__all__ = [
+    "MANIFEST_MAX_BYTES",
+    "MANIFEST_NAME",
+    "RESOURCE_LIMITS",
+    "Manifest",
+    "ManifestError",
+    "check_host_version",
+    "parse_manifest_text",
+    "read_manifest",
+]
 
 MANIFEST_NAME = "plugin.toml"
+MANIFEST_MAX_BYTES = 1 << 20
+"""The largest ``plugin.toml`` read, in bytes (1 MiB): a manifest is a page of settings, not data."""
+# fullmatch only: a ``$`` anchor would also accept a trailing newline.
 _ENTRY_RE = re.compile(
-    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 )
 _POOL_KEYS = {"min_workers", "max_workers"}
 _TABLES = ("plugin", "capabilities", "pool", "resources", "signature")
@@ -95,17 +108,50 @@ class Manifest:
         return SpecifierSet(self.host_versions).contains(Version(host_version), prereleases=True)
 
 
+def parse_manifest_text(raw: bytes, path: Path) -> dict[str, Any]:
+    """Parse a manifest's bytes as UTF-8 TOML; raise ManifestError naming ``path`` otherwise. Pure.
+
+    The one parser of manifest bytes (read_manifest and the content hash use it): not UTF-8, not TOML,
+    or nested too deeply to parse are each refused with the fix.
+    """
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"is not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8", path=path, field=None
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"not valid TOML: {exc}; fix the syntax", path=path) from None
+    except RecursionError:
+        raise ManifestError(
+            "not valid TOML: values are nested too deeply to parse; flatten the arrays or tables", path=path
+        ) from None
+
+
 def read_manifest(directory: str | Path) -> Manifest:
-    """Read and validate ``directory/plugin.toml``. Reads one file; imports nothing. Raises ManifestError."""
+    """Read and validate ``directory/plugin.toml``. Reads one file; imports nothing. Raises ManifestError.
+
+    The manifest is opened without following a symlink and without waiting on a fifo, and read up to
+    MANIFEST_MAX_BYTES; anything else in its place is refused with the fix. Safe to call twice.
+    """
     folder = Path(directory).resolve()
     path = folder / MANIFEST_NAME
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = read_regular_file(path, MANIFEST_MAX_BYTES)
     except FileNotFoundError:
         raise ManifestError(f"no {MANIFEST_NAME} in the plugin folder; add one", path=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(f"not valid TOML: {exc}", path=path) from None
+    except UnsafeFileError as exc:
+        if exc.kind == "too_large":
+            why = f"is larger than {MANIFEST_MAX_BYTES} bytes ({exc.what}); a manifest holds settings only"
+        else:
+            why = (
+                f"is a {exc.what}, not a regular file; a plugin folder holds only regular files and folders: "
+                f"replace it with the manifest itself"
+            )
+        raise ManifestError(why, path=path) from None
+    except OSError as exc:
+        raise ManifestError(f"cannot be read ({exc.strerror}); check its permissions", path=path) from None
+    data = parse_manifest_text(raw, path)
     unknown = set(data) - set(_TABLES)
     if unknown:
         raise ManifestError(
@@ -127,6 +173,7 @@ def read_manifest(directory: str | Path) -> Manifest:
             field=f"plugin.{sorted(extra)[0]}",
         )
     try:
+        validate_plugin_id(table["id"], field_name="plugin.id")
         info = PluginInfo(
             id=table["id"],
             name=table["name"],
@@ -136,11 +183,10 @@ def read_manifest(directory: str | Path) -> Manifest:
             author=table.get("author"),
         )
     except InvalidPluginError as exc:
+        field = exc.field if exc.field is None or exc.field.startswith("plugin.") else f"plugin.{exc.field}"
+        # Only a valid id is carried: an invalid one must never reach a path, a label or a registry row.
         raise ManifestError(
-            str(exc),
-            path=path,
-            field=f"plugin.{exc.field}" if exc.field else None,
-            plugin_id=table.get("id") if isinstance(table.get("id"), str) else None,
+            str(exc), path=path, field=field, plugin_id=table["id"] if is_valid_plugin_id(table["id"]) else None
         ) from None
     if info.trust_level is TrustLevel.BUILTIN:
         raise ManifestError(
@@ -161,7 +207,7 @@ def read_manifest(directory: str | Path) -> Manifest:
         )
     host_versions = _read_host_versions(table.get("host_versions"), path, info.id)
     entry = table["entry"]
-    if not isinstance(entry, str) or not _ENTRY_RE.match(entry):
+    if not isinstance(entry, str) or not _ENTRY_RE.fullmatch(entry):
         raise ManifestError(
             f"plugin.entry {entry!r} is invalid: expected 'module:attribute' relative to the folder",
             path=path,

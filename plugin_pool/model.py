@@ -33,8 +33,10 @@ __all__ = [
 ]
 
 PLUGIN_ID_MAX_LEN = 63
-_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+"""The longest plugin id, in characters."""
+# Both rules are used with fullmatch only: a ``$`` anchor would also match before a trailing newline.
+_ID_RE = re.compile(rf"[a-z][a-z0-9_-]{{0,{PLUGIN_ID_MAX_LEN - 1}}}")
+_CAPABILITY_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _NAME_MAX_LEN = 200
 _TEXT_MAX_LEN = 2000
 
@@ -77,19 +79,30 @@ NETWORK_CAPABILITIES: frozenset[str] = frozenset({CONNECT})
 
 
 def validate_plugin_id(value: object, *, field_name: str = "id") -> str:
-    """Return ``value`` if it is a valid plugin id, else raise InvalidPluginError naming the field."""
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    """Return ``value`` if it is a valid plugin id, else raise InvalidPluginError naming the field. Pure.
+
+    The one id rule: 1-63 characters, ASCII lowercase letter first, then lowercase letters, digits, ``-``
+    or ``_`` (so an id is safe in paths, socket names, metric labels and SQL); nothing else, not even a
+    trailing newline. Every place that accepts an id calls this.
+    """
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        where = "" if field_name == "id" else f" ({field_name})"
         raise InvalidPluginError(
-            f"plugin {field_name} {value!r} is invalid: use 1-{PLUGIN_ID_MAX_LEN} characters, a lowercase "
+            f"plugin id {value!r} is invalid{where}: use 1-{PLUGIN_ID_MAX_LEN} characters, a lowercase "
             f"letter first, then lowercase letters, digits, '-' or '_' (for example 'hello-world')",
             field=field_name,
         )
     return value
 
 
+def is_valid_plugin_id(value: object) -> bool:
+    """Whether ``value`` is a valid plugin id (the rule of :func:`validate_plugin_id`). Pure."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
 def validate_capability_name(value: object, *, plugin_id: str | None = None) -> str:
-    """Return ``value`` if it is a valid capability name, else raise InvalidPluginError."""
-    if not isinstance(value, str) or not _CAPABILITY_RE.match(value):
+    """Return ``value`` if it is a valid capability name, else raise InvalidPluginError. Pure."""
+    if not isinstance(value, str) or not _CAPABILITY_RE.fullmatch(value):
         raise InvalidPluginError(
             f"capability name {value!r} is invalid: use 1-63 characters, a lowercase letter first, then "
             f"lowercase letters, digits or '_' (it names the method the host calls, for example 'scan')",

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-SECTIONS = ("summary", "inprocess", "sandbox", "aio", "discovery", "registry")
+SECTIONS = ("summary", "inprocess", "sandbox", "isolation", "aio", "discovery", "registry")
 """The sections of docs/benchmarks.md, in the order bench.py writes them."""
 INTRO = (
     "# Benchmarks\n\n"

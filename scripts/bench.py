@@ -7,8 +7,8 @@
     .venv/bin/python scripts/bench.py --only sandbox --write    # some sections; --write replaces only those
 
 The sections, in the order they run (each is also a script of its own that rewrites only its section):
-in-process call paths (bench_inprocess.py), the Untrusted sandbox path (bench_sandbox.py), asyncio callers
-against threads (bench_aio.py), discovery
+in-process call paths (bench_inprocess.py), the Untrusted sandbox path (bench_sandbox.py), what the
+isolation layers cost (bench_isolation.py), asyncio callers against threads (bench_aio.py), discovery
 (bench_discovery.py) and the PostgreSQL registry (bench_registry.py: ``--dsn``, else ``$PLUGIN_POOL_TEST_DSN``;
 without a reachable database the section says so and the rest of the run goes on). This script calls the
 same functions the scripts do, then puts a summary on top: one call at each trust level against every
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import bench_aio
 import bench_discovery
 import bench_inprocess
+import bench_isolation
 import bench_registry
 import bench_sandbox
 from _benchdoc import (
@@ -57,6 +58,7 @@ TITLES = {
     "inprocess": "in-process",
     "sandbox": "Untrusted (sandbox)",
     "aio": "asyncio",
+    "isolation": "isolation layers",
     "discovery": "discovery",
     "registry": "PostgreSQL registry",
 }
@@ -202,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.monotonic()
         progress("asyncio callers against threads")
         sections.append(done(bench_aio.section(bench_aio.parse_args(quick), line("bench_aio.py")), t0))
+    if "isolation" in wanted:
+        t0 = time.monotonic()
+        progress("isolation layers")
+        sections.append(
+            done(bench_isolation.section(bench_isolation.parse_args(quick), line("bench_isolation.py")), t0)
+        )
     if "discovery" in wanted:
         t0 = time.monotonic()
         progress("discovery")

@@ -28,6 +28,15 @@ def live_children(pid: int) -> list[int]:
     return sorted(c.pid for c in children if not is_gone(c.pid))
 
 
+def ns_pid(pid: int) -> int:
+    """The pid a process sees for itself (its innermost PID namespace): workers report this one."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    return pid
+
+
 def close_host(host: PluginHost) -> None:
     """Close ``host`` and make sure its zygote and workers are gone, whatever state the test left."""
     pids: list[int] = []

@@ -85,12 +85,12 @@ __all__ = [
 _log = logging.getLogger("plugin_pool.registry")
 
 DEFAULT_SCHEMA = "plugin_pool"
-_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")  # <= 48 so the channel name fits in 63 bytes
+_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,47}")  # <= 48 so the channel name fits in 63 bytes
 _HASH_MAX_LEN = 200
 _VERSION_MAX_LEN = 100
 _NAME_MAX_LEN = 200
 _EVENT_PLUGIN_ID_MAX_LEN = 200
-_MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_MIGRATION_RE = re.compile(r"([0-9]{4})_[a-z0-9_]+\.sql")
 _STATUS_RETRIES = 3
 _T = TypeVar("_T")
 
@@ -126,7 +126,7 @@ class _Endpoint:
 
 
 def _check_schema(schema: object) -> str:
-    if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
+    if not isinstance(schema, str) or not _SCHEMA_RE.fullmatch(schema):  # fullmatch: no trailing newline
         raise RegistryError(
             f"registry schema name {schema!r} is invalid: use 1-48 characters, a lowercase letter or '_' "
             f"first, then lowercase letters, digits or '_'"
@@ -143,7 +143,7 @@ def list_migrations() -> list[tuple[int, str, str]]:
     folder = importlib.resources.files("plugin_pool.registry") / "migrations"
     found: list[tuple[int, str, str]] = []
     for entry in folder.iterdir():
-        match = _MIGRATION_RE.match(entry.name)
+        match = _MIGRATION_RE.fullmatch(entry.name)
         if match:
             found.append((int(match.group(1)), entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
     found.sort()

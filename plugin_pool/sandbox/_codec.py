@@ -20,12 +20,18 @@ A, B and F are chosen by content: one orjson call or one struct call serves a wh
 costs well under a microsecond per item in the codec.
 
 Errors are data from an allow-list of kinds (never pickles); see ``ERROR_KINDS``.
+
+Values are checked on the way out, never changed: orjson writes NaN and +-Infinity as ``null``, so every
+encoder here refuses them instead (``TypeError`` naming where in the value they are). The check costs one
+``b"null" in data`` scan; the value is walked only when the output holds a ``null``.
 """
 
 from __future__ import annotations
 
 import array
+import enum
 import itertools
+import math
 import struct
 import sys
 from collections.abc import Sequence
@@ -43,12 +49,14 @@ __all__ = [
     "decode_call",
     "decode_reply",
     "decode_value",
+    "dumps",
     "encode_batch",
     "encode_batch_results",
     "encode_call",
     "encode_error",
     "encode_result",
     "encode_value",
+    "find_non_finite",
     "frame",
     "unframe",
 ]
@@ -74,6 +82,49 @@ _LEN = struct.Struct(">I")
 _SWAP = sys.byteorder != "big"  # blob tables are big-endian like every other length here
 _JSON, _RAW, _ERROR, _ARRAY, _FRAMED, _BLOBS = b"J", b"R", b"E", b"A", b"F", b"B"
 _BYTES = (bytes, bytearray, memoryview)
+
+
+# -- JSON, with non-finite floats refused -----------------------------------------------------------------
+
+
+# orjson turns datetimes into strings and dataclasses into dicts on its own: a value that would arrive as
+# another type is refused like a set is, so a call gives the same types at every trust level or fails.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def dumps(value: Any, what: str = "value") -> bytes:
+    """``orjson.dumps(value)``, refusing what would not arrive as it left: NaN and +-Infinity (orjson would
+    write null), datetimes and dataclass instances (orjson would write a string and a dict).
+
+    Raises TypeError for a value JSON cannot hold, naming the place of a non-finite float as ``what`` plus
+    its path (``payload['scores'][2]``).
+    """
+    data = orjson.dumps(value, option=_STRICT)
+    if b"null" in data:
+        path = find_non_finite(value, what)
+        if path is not None:
+            raise TypeError(
+                f"{path} is not a finite number; NaN and Infinity have no JSON form and would arrive as null: "
+                "send None or a string instead"
+            )
+    return data
+
+
+def find_non_finite(value: Any, path: str = "value") -> str | None:
+    """The path of the first NaN or +-Infinity in ``value`` (as orjson would serialize it), or None."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            stack.extend((v, f"{where}[{k!r}]") for k, v in reversed(item.items()))
+        elif isinstance(item, list | tuple):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, enum.Enum):
+            stack.append((item.value, f"{where}.value"))
+    return None
 
 
 # -- the one-field Frame message, by hand ----------------------------------------------------------------
@@ -122,7 +173,7 @@ def encode_call(capability: str, payload: Any) -> bytes:
     """The request data of one call. Raises TypeError for a payload JSON cannot hold."""
     if isinstance(payload, _BYTES):
         return _RAW + capability.encode() + b"\0" + bytes(payload)
-    return _JSON + capability.encode() + b"\0" + orjson.dumps(payload)
+    return _JSON + capability.encode() + b"\0" + dumps(payload, "payload")
 
 
 def decode_call(data: memoryview) -> tuple[str, Any]:
@@ -140,7 +191,7 @@ def encode_result(result: Any) -> bytes:
     """The reply data of a successful call. Raises TypeError for a result JSON cannot hold."""
     if isinstance(result, _BYTES):
         return _RAW + bytes(result)
-    return _JSON + orjson.dumps(result)
+    return _JSON + dumps(result, "result")
 
 
 def encode_error(kind: str, type_name: str = "", message: str = "") -> bytes:
@@ -206,14 +257,14 @@ def encode_batch(capability: str, payloads: Sequence[Any]) -> bytes:
     if set(map(type, payloads)) == {bytes}:
         return _pack_blobs(_BLOBS + head, payloads)
     if not any(isinstance(p, _BYTES) for p in payloads):
-        return _ARRAY + head + orjson.dumps(list(payloads))
+        return _ARRAY + head + dumps(list(payloads), "payloads")
     parts = [_FRAMED, head]
-    for payload in payloads:
+    for index, payload in enumerate(payloads):
         if isinstance(payload, _BYTES):
             body = bytes(payload)
             parts += [_RAW, _LEN.pack(len(body)), body]
         else:
-            body = orjson.dumps(payload)
+            body = dumps(payload, f"payloads[{index}]")
             parts += [_JSON, _LEN.pack(len(body)), body]
     return b"".join(parts)
 
@@ -247,11 +298,12 @@ def encode_batch_results(outcomes: Sequence[Outcome]) -> bytes:
     if all(oks) and set(map(type, values)) == {bytes}:
         return _pack_blobs(_BLOBS, values)
     try:
-        return _ARRAY + orjson.dumps(
+        return _ARRAY + dumps(
             [
                 [0, value] if ok else [1, {"kind": value[0], "type": value[1], "message": value[2]}]
                 for ok, value in outcomes
-            ]
+            ],
+            "results",
         )
     except TypeError:
         pass
@@ -324,4 +376,4 @@ def encode_value(obj: Any) -> pb.Value:
     """``obj`` as a Value: bytes-like objects raw, everything else as orjson. Raises TypeError."""
     if isinstance(obj, _BYTES):
         return pb.Value(raw=bytes(obj))
-    return pb.Value(json=orjson.dumps(obj))
+    return pb.Value(json=dumps(obj))

@@ -5,9 +5,11 @@ This module runs inside the worker, so it imports only the standard library and 
 
 The order is the one measured in SANDBOX-FACTS section 1 (see docs/SANDBOX.md for the reasons)::
 
-    thread check -> PDEATHSIG + getppid -> setsid -> stdio -> close fds -> environment
-    -> unshare (net, or user+net) -> setrlimit -> setgroups/setresgid/setresuid -> PDEATHSIG again
-    -> NO_NEW_PRIVS -> Landlock -> seccomp filter 1          (all in ``confine_self``)
+    thread check -> PDEATHSIG + getppid -> setsid -> stdio -> close fds -> environment -> join cgroups
+    -> check the PID namespace -> setrlimit
+    -> unshare (mount+net+ipc+uts) -> private root (``_mounts``) -> setgroups/setresgid/setresuid
+       (or, in user-namespace mode: setresuid -> unshare (user+mount+net+ipc+uts) -> private root)
+    -> PDEATHSIG again -> NO_NEW_PRIVS -> Landlock -> seccomp filter 1      (all in ``confine_self``)
     ... grpc.server() + add_insecure_port + start() ...      (the caller)
     -> seccomp filter 2 with TSYNC                             (``lock_sockets``)
 
@@ -33,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal
 
-from . import _landlock
+from . import _landlock, _mounts
 
 try:
     from . import _seccomp
@@ -44,9 +46,12 @@ else:
 
 # Layer names, in the order confine_self applies them; lock_sockets applies the last one.
 LAYER_PDEATHSIG: Final = "pdeathsig"
-LAYER_NETNS: Final = "netns"
-LAYER_USERNS: Final = "userns"
+LAYER_CGROUP: Final = "cgroup"
+LAYER_PIDNS: Final = "pidns"
 LAYER_RLIMITS: Final = "rlimits"
+LAYER_USERNS: Final = "userns"
+LAYER_NETNS: Final = "netns"
+LAYER_MOUNTNS: Final = "mountns"
 LAYER_UID: Final = "uid"
 LAYER_NO_NEW_PRIVS: Final = "no_new_privs"
 LAYER_LANDLOCK: Final = "landlock"
@@ -54,9 +59,12 @@ LAYER_SECCOMP: Final = "seccomp"
 LAYER_SECCOMP_SOCKETS: Final = "seccomp_sockets"
 ALL_LAYERS: Final = (
     LAYER_PDEATHSIG,
-    LAYER_NETNS,
-    LAYER_USERNS,
+    LAYER_CGROUP,
+    LAYER_PIDNS,
     LAYER_RLIMITS,
+    LAYER_USERNS,
+    LAYER_NETNS,
+    LAYER_MOUNTNS,
     LAYER_UID,
     LAYER_NO_NEW_PRIVS,
     LAYER_LANDLOCK,
@@ -94,14 +102,22 @@ _PR_GET_PDEATHSIG: Final = 2
 _PR_SET_NO_NEW_PRIVS: Final = 38
 _PR_GET_NO_NEW_PRIVS: Final = 39
 _M_ARENA_MAX: Final = -8
-_CLONE_NEWNET: Final = 0x40000000
+_CLONE_NEWNS: Final = 0x00020000
+_CLONE_NEWUTS: Final = 0x04000000
+_CLONE_NEWIPC: Final = 0x08000000
 _CLONE_NEWUSER: Final = 0x10000000
+_CLONE_NEWPID: Final = 0x20000000
+_CLONE_NEWNET: Final = 0x40000000
+# A mount namespace comes with its own IPC (SysV shared memory, message queues) and hostname.
+_MOUNT_FLAGS: Final = _CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWUTS
+_CAPABILITY_VERSION_3: Final = 0x20080522
 _MIB: Final = 1024 * 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.prctl.restype = ctypes.c_int
 _libc.unshare.restype = ctypes.c_int
 _libc.mallopt.restype = ctypes.c_int
+_libc.capset.restype = ctypes.c_int
 
 LayerState = Literal["in_force", "skipped", "not_requested"]
 
@@ -126,10 +142,19 @@ class ConfinementSpec:
     Paths must be absolute. Every ``*_mb`` is MiB, every ``*_s`` is seconds of CPU time; ``None`` leaves
     that limit as inherited. There are no environment variables here: the host's configuration fills it.
 
-    - ``temp_dir``: the worker's private writable directory (must exist); TMPDIR points to it.
+    - ``temp_dir``: the worker's private writable directory; TMPDIR points to it. Without a mount namespace
+      it must exist; with one it is where the worker's own tmpfs is mounted (``/tmp``).
     - ``read_only_paths``: read-only trees (READ_FILE + READ_DIR; no EXECUTE). Use
       ``default_read_only_paths()`` plus the worker code and plugin directories. Missing paths are skipped.
+      With a mount namespace these are exactly what the worker's new root holds (bind mounts).
     - ``socket_dir``: where the worker creates its gRPC socket (MAKE_SOCK + REMOVE_FILE only), or None.
+    - ``cgroup_procs``: ``cgroup.procs`` files the worker joins itself, first (``sandbox.cgroups`` made the
+      groups). A cgroup v1 move waits for an RCU grace period (~7 ms), so the pool moves its workers itself
+      while they confine themselves, and passes ``cgroup_dirs`` instead: the groups ``check_cgroups`` checks
+      the worker is in before it imports the plugin.
+    - ``pid_namespace``: the zygote made a PID namespace for its workers; the worker checks it is in one.
+    - ``mount_namespace`` (default False): a private root (``_mounts``) mounted on ``root_dir``, an empty
+      directory, with a fresh /proc and a tmpfs /tmp of ``tmp_size_mb`` MiB and ``tmp_max_files`` inodes.
     - ``cpu_time_s`` (default 300): RLIMIT_CPU, a budget for the worker's whole life, not per call.
     - ``memory_mb`` (default 512, at least 256): RLIMIT_DATA. RLIMIT_AS is not used: thread stacks and
       malloc arenas reserve about 1.1 GiB of address space that is never touched.
@@ -138,11 +163,13 @@ class ConfinementSpec:
       workers (and the host, when they share a uid); uid 0 is exempt. Leave None unless each worker has
       its own uid.
     - ``file_size_mb`` (default 64): RLIMIT_FSIZE; a bigger write fails with EFBIG. RLIMIT_CORE is always 0.
-    - ``uid``/``gid``: drop to these ids (gid defaults to uid). Needs root, and the Python runtime must be
-      readable by that uid. Cannot be combined with ``user_namespace``.
+    - ``uid``/``gid``: drop to these ids (gid defaults to uid). Needs root, and (without a mount namespace)
+      the Python runtime must be reachable by that uid.
     - ``unshare_net`` (default True): a new, empty network namespace (needs root, or ``user_namespace``).
-    - ``user_namespace`` (default False): unshare a user namespace (with the network one) instead of
-      dropping uid; works unprivileged and drops every capability the worker had in the host namespace.
+    - ``user_namespace`` (default False): unshare a user namespace (with the network and mount ones),
+      mapping the worker to its own id inside; works unprivileged and drops every capability the worker had
+      in the host namespace. With ``uid`` set (a root host), the worker drops to that uid first, so it never
+      keeps real root outside.
     - ``layers``: which layers to apply at all (default every layer); ``required_layers``: those whose
       failure raises ``ConfinementError`` (default ``DEFAULT_REQUIRED_LAYERS``). Others are skipped.
     - ``keep_fds``: fds to keep open besides 0-2 (for example the pipe the report goes back on).
@@ -170,11 +197,19 @@ class ConfinementSpec:
     log_fd: int | None = None
     pdeathsig: int = int(signal.SIGKILL)
     extra_environment: tuple[tuple[str, str], ...] = ()
+    cgroup_procs: tuple[str, ...] = ()
+    cgroup_dirs: tuple[str, ...] = ()
+    pid_namespace: bool = False
+    mount_namespace: bool = False
+    root_dir: str | None = None
+    tmp_size_mb: int = 64
+    tmp_max_files: int = 4096
 
     def __post_init__(self) -> None:
-        paths = [self.temp_dir, *self.read_only_paths]
-        if self.socket_dir is not None:
-            paths.append(self.socket_dir)
+        paths = [self.temp_dir, *self.read_only_paths, *self.cgroup_procs, *self.cgroup_dirs]
+        for optional in (self.socket_dir, self.root_dir):
+            if optional is not None:
+                paths.append(optional)
         for path in paths:
             if not os.path.isabs(path):
                 raise ValueError(f"ConfinementSpec: path {path!r} is not absolute; pass an absolute path")
@@ -195,8 +230,19 @@ class ConfinementSpec:
             )
         if self.gid is not None and self.uid is None:
             raise ValueError("ConfinementSpec: gid is set but uid is not; set uid too")
-        if self.uid is not None and self.user_namespace:
-            raise ValueError("ConfinementSpec: uid and user_namespace exclude each other; choose one")
+        if self.mount_namespace and self.root_dir is None:
+            raise ValueError("ConfinementSpec: mount_namespace needs root_dir, an empty directory for the new root")
+        for name in ("tmp_size_mb", "tmp_max_files"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ConfinementSpec: {name} must be positive, got {getattr(self, name)}")
+        if LAYER_MOUNTNS in self.required_layers and not self.mount_namespace:
+            raise ValueError("ConfinementSpec: layer 'mountns' is required but mount_namespace is False")
+        if LAYER_CGROUP in self.required_layers and not (self.cgroup_procs or self.cgroup_dirs):
+            raise ValueError(
+                "ConfinementSpec: layer 'cgroup' is required but neither cgroup_procs nor cgroup_dirs is set"
+            )
+        if LAYER_PIDNS in self.required_layers and not self.pid_namespace:
+            raise ValueError("ConfinementSpec: layer 'pidns' is required but pid_namespace is False")
         if LAYER_UID in self.required_layers and self.uid is None:
             raise ValueError("ConfinementSpec: layer 'uid' is required but uid is None")
         if LAYER_USERNS in self.required_layers and not self.user_namespace:
@@ -238,7 +284,7 @@ class ConfinementSpec:
         for name in ("layers", "required_layers"):
             if name in kwargs:
                 kwargs[name] = frozenset(kwargs[name])
-        for name in ("read_only_paths", "keep_fds"):
+        for name in ("read_only_paths", "keep_fds", "cgroup_procs", "cgroup_dirs"):
             if name in kwargs:
                 kwargs[name] = tuple(kwargs[name])
         if "extra_environment" in kwargs:
@@ -360,16 +406,17 @@ def _describe_owner(st: os.stat_result) -> str:
     return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid}"
 
 
-def _find_inaccessible_path(path: str, uid: int, gid: int, need: int) -> str | None:
+def _find_inaccessible_path(path: str, uid: int, gid: int, need: int, *, ancestors: bool = True) -> str | None:
     """Return why ``uid``/``gid`` (no supplementary groups) cannot reach ``path`` with ``need`` (R/W/X bits
-    as in os.R_OK...), or None. Checks mode bits of every ancestor; ignores ACLs. Only reads metadata."""
+    as in os.R_OK...), or None. Checks mode bits of every ancestor (or only of the path itself when
+    ``ancestors`` is False); ignores ACLs. Only reads metadata."""
     if uid == 0:
         return None
     real = os.path.realpath(path)
     if not os.path.exists(real):
         return None
     parts = real.split("/")
-    for i in range(1, len(parts) + 1):
+    for i in range(1 if ancestors else len(parts), len(parts) + 1):
         current = "/".join(parts[:i]) or "/"
         st = os.stat(current)
         wanted = need if i == len(parts) else os.X_OK
@@ -388,11 +435,14 @@ def _find_inaccessible_path(path: str, uid: int, gid: int, need: int) -> str | N
 
 def _find_inaccessible_for_uid(spec: ConfinementSpec, uid: int, gid: int) -> str | None:
     checks = [(p, os.R_OK) for p in spec.read_only_paths]
-    checks.append((spec.temp_dir, os.R_OK | os.W_OK | os.X_OK))
+    if not spec.mount_namespace:
+        checks.append((spec.temp_dir, os.R_OK | os.W_OK | os.X_OK))
     if spec.socket_dir is not None:
         checks.append((spec.socket_dir, os.W_OK | os.X_OK))
     for path, need in checks:
-        why = _find_inaccessible_path(path, uid, gid, need)
+        # With a private root every path is bound at the top of directories the worker made (0755): only
+        # the path itself decides, not the host's ancestors (a 0700 home).
+        why = _find_inaccessible_path(path, uid, gid, need, ancestors=not spec.mount_namespace)
         if why is not None:
             return why
     return None
@@ -514,8 +564,11 @@ def _drop_uid(spec: ConfinementSpec, uid: int, gid: int) -> None:
         raise OSError(errno.EPERM, f"ids are {os.getresuid()}/{os.getresgid()} after setresuid")
 
 
-def _landlock_rules(spec: ConfinementSpec) -> list[tuple[str, int]]:
+def _landlock_rules(spec: ConfinementSpec, steps: _Steps) -> list[tuple[str, int]]:
     rules = [(path, _landlock.READ_ONLY) for path in spec.read_only_paths]
+    if steps.outcomes[LAYER_MOUNTNS].state == "in_force" and os.path.isdir("/proc/self"):
+        # The worker's own /proc (hidepid: it sees only itself there), so a plugin can read its own status.
+        rules.append(("/proc", _landlock.READ_ONLY))
     rules.append((spec.temp_dir, _landlock.READ_WRITE))
     if spec.socket_dir is not None:
         rules.append((spec.socket_dir, _landlock.SOCKET_DIR))
@@ -541,7 +594,7 @@ def confine_self(spec: ConfinementSpec, *, parent_pid: int) -> ConfinementReport
     Raises ``ConfinementError`` when the process has more than one thread, when a required layer or an
     always-on step fails, or when the parent is already gone; the process is then partly confined and
     must exit. Layers that are not required and fail are recorded as ``skipped`` in the report.
-    Non-blocking (about 5 ms). Not safe to call twice: the second call would fail (no fork, no unshare)
+    Non-blocking (a few ms). Not safe to call twice: the second call would fail (no fork, no unshare)
     or stack a second set of filters.
     """
     steps = _Steps(spec)
@@ -552,7 +605,7 @@ def confine_self(spec: ConfinementSpec, *, parent_pid: int) -> ConfinementReport
             f"the process has {threads} threads; confine_self must run before any thread is started "
             "(grpc.server() starts 6)",
         )
-    if not os.path.isdir(spec.temp_dir):
+    if not spec.mount_namespace and not os.path.isdir(spec.temp_dir):
         raise ConfinementError(STEP_ENVIRONMENT, f"temp_dir {spec.temp_dir} is not a directory")
 
     if steps.wants(LAYER_PDEATHSIG):
@@ -582,7 +635,20 @@ def confine_self(spec: ConfinementSpec, *, parent_pid: int) -> ConfinementReport
     _scrub_environment(spec)
     steps.mark(STEP_ENVIRONMENT)
 
-    _apply_namespaces(spec, steps)
+    # First, while still root: everything allocated from here on is charged to the worker's own groups.
+    if spec.cgroup_dirs and not spec.cgroup_procs:
+        steps.not_requested(LAYER_CGROUP, "pending: the host moves the worker, check_cgroups() before the import")
+    elif not spec.cgroup_procs:
+        steps.not_requested(LAYER_CGROUP, "no cgroup configured")
+    elif steps.wants(LAYER_CGROUP):
+        try:
+            for procs in spec.cgroup_procs:
+                with open(procs, "w") as fh:
+                    fh.write("0")
+            steps.done(LAYER_CGROUP, f"joined {len(spec.cgroup_procs)} groups: memory, pids and cpu limits")
+        except OSError as exc:
+            steps.failed(LAYER_CGROUP, f"joining {exc.filename or 'the cgroup'} failed: {exc.strerror}", exc)
+    _check_pid_namespace(spec, steps)
 
     if steps.wants(LAYER_RLIMITS):
         try:
@@ -593,16 +659,13 @@ def confine_self(spec: ConfinementSpec, *, parent_pid: int) -> ConfinementReport
     uid, gid = spec.uid, spec.effective_gid
     if uid is None or gid is None:
         steps.not_requested(LAYER_UID, "no uid configured")
-    elif steps.wants(LAYER_UID):
-        why = _find_inaccessible_for_uid(spec, uid, gid)
-        if why is not None:
-            steps.failed(LAYER_UID, f"{why}; install Python where uid {uid} can read it, or use user_namespace")
-        else:
-            try:
-                _drop_uid(spec, uid, gid)
-                steps.done(LAYER_UID, f"uid {uid} gid {gid}, no supplementary groups")
-            except OSError as exc:
-                steps.failed(LAYER_UID, f"setresuid({uid}) failed: {exc}", exc)
+    if spec.user_namespace:
+        # Never real root outside: drop to the worker's own uid first, then make the user namespace as it.
+        _drop_to_worker_uid(spec, steps, parent_pid)
+        _apply_namespaces(spec, steps)
+    else:
+        _apply_namespaces(spec, steps)
+        _drop_to_worker_uid(spec, steps, parent_pid)
     # Changing credentials clears PDEATHSIG (measured); arm it again and re-check the parent.
     if steps.wants(LAYER_PDEATHSIG) and steps.outcomes[LAYER_PDEATHSIG].state == "in_force":
         try:
@@ -622,7 +685,7 @@ def confine_self(spec: ConfinementSpec, *, parent_pid: int) -> ConfinementReport
     abi = _landlock.get_abi_version()
     if steps.wants(LAYER_LANDLOCK):
         try:
-            result = _landlock.restrict_self(_landlock_rules(spec), abi=abi)
+            result = _landlock.restrict_self(_landlock_rules(spec, steps), abi=abi)
             steps.done(LAYER_LANDLOCK, _describe_landlock(result))
         except OSError as exc:
             reason = f"{exc}; the worker uid must be able to open every rule path" if abi else str(exc)
@@ -633,8 +696,11 @@ def confine_self(spec: ConfinementSpec, *, parent_pid: int) -> ConfinementReport
             steps.failed(LAYER_SECCOMP, _SECCOMP_IMPORT_ERROR)
         else:
             try:
-                loaded = _seccomp.load_base_filter()
-                detail = f"deny list on {len(loaded.rule_syscalls)} syscalls, bad arch kills the process"
+                loaded = _seccomp.load_base_filter(os.getpid())
+                detail = (
+                    f"deny list on {len(loaded.rule_syscalls)} syscalls, calls naming a process only for itself, "
+                    "bad arch kills the process"
+                )
                 if loaded.unknown_syscalls:
                     detail += f"; unknown here: {', '.join(loaded.unknown_syscalls)}"
                 steps.done(LAYER_SECCOMP, detail)
@@ -652,34 +718,154 @@ def confine_self(spec: ConfinementSpec, *, parent_pid: int) -> ConfinementReport
     )
 
 
+def check_cgroups(spec: ConfinementSpec, report: ConfinementReport, view_fd: int) -> ConfinementReport:
+    """Check that the parent put this process in every group of ``spec.cgroup_dirs``; return ``report`` with
+    the ``cgroup`` layer's outcome. ``view_fd`` is /proc/self/cgroup, opened before Landlock.
+
+    Raises ``ConfinementError`` if the layer is required and the process is not in its groups. Call it before
+    any plugin code runs. Reads one small file; safe to call twice.
+    """
+    if not spec.cgroup_dirs:
+        return report
+    steps = _Steps(spec)
+    steps.outcomes = dict(report.layers)
+    if not steps.wants(LAYER_CGROUP):
+        return report
+    # A group is named by its last two components (plugin-pool-<host>-<token>/w<n>), whatever the mount.
+    suffixes = {"/" + "/".join(d.rstrip("/").split("/")[-2:]) for d in spec.cgroup_dirs}
+    hierarchies = len(set(spec.cgroup_dirs))
+    lines = os.pread(view_fd, 65536, 0).decode(errors="replace").splitlines()
+    placed = [line for line in lines if any(line.endswith(suffix) for suffix in suffixes)]
+    if len(placed) >= hierarchies:
+        steps.done(LAYER_CGROUP, f"in its own groups in {hierarchies} hierarchies: memory, pids and cpu limits")
+    else:
+        steps.failed(LAYER_CGROUP, f"not in its groups {sorted(suffixes)}: /proc/self/cgroup reads {lines}")
+    return replace(report, layers=steps.outcomes)
+
+
+def get_host_pid() -> int:
+    """This process's pid as the host's PID namespace numbers it (``/proc`` of the host, before the worker
+    mounts its own), which differs from ``os.getpid()`` inside a PID namespace. Reads /proc/self."""
+    try:
+        return int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        return os.getpid()
+
+
+def _check_pid_namespace(spec: ConfinementSpec, steps: _Steps) -> None:
+    if not spec.pid_namespace:
+        steps.not_requested(LAYER_PIDNS, "the zygote made no PID namespace")
+        return
+    if not steps.wants(LAYER_PIDNS):
+        return
+    host_pid = get_host_pid()
+    if host_pid == os.getpid():
+        steps.failed(LAYER_PIDNS, "the worker is not in a PID namespace of its own (its pid is the host's)")
+        return
+    steps.done(
+        LAYER_PIDNS,
+        f"pid {os.getpid()} in the zygote's PID namespace (host pid {host_pid}); the namespace dies with the zygote",
+    )
+
+
+def _drop_to_worker_uid(spec: ConfinementSpec, steps: _Steps, parent_pid: int) -> None:
+    uid, gid = spec.uid, spec.effective_gid
+    if uid is None or gid is None or not steps.wants(LAYER_UID):
+        return
+    why = _find_inaccessible_for_uid(spec, uid, gid)
+    if why is not None:
+        steps.failed(LAYER_UID, f"{why}; install Python where uid {uid} can read it, or use a mount namespace")
+        return
+    try:
+        _drop_uid(spec, uid, gid)
+        steps.done(LAYER_UID, f"uid {uid} gid {gid} of its own, no supplementary groups")
+    except OSError as exc:
+        steps.failed(LAYER_UID, f"setresuid({uid}) failed: {exc}", exc)
+
+
 def _apply_namespaces(spec: ConfinementSpec, steps: _Steps) -> None:
     want_net = spec.unshare_net and steps.wants(LAYER_NETNS)
     want_user = spec.user_namespace and steps.wants(LAYER_USERNS)
+    want_mount = spec.mount_namespace and steps.wants(LAYER_MOUNTNS)
     if not spec.unshare_net:
         steps.not_requested(LAYER_NETNS, "unshare_net is False")
     if not spec.user_namespace:
         steps.not_requested(LAYER_USERNS, "user_namespace is False")
+    if not spec.mount_namespace:
+        steps.not_requested(LAYER_MOUNTNS, "mount_namespace is False")
+    flags = (_CLONE_NEWNET if want_net else 0) | (_MOUNT_FLAGS if want_mount else 0)
     if want_user:
-        # One call: the new network namespace is then owned by the new user namespace, which is what
-        # lets an unprivileged host create it. It needs a single-threaded caller.
-        flags = _CLONE_NEWUSER | (_CLONE_NEWNET if want_net else 0)
+        # One call: the new namespaces are then owned by the new user namespace, which is what lets an
+        # unprivileged process create them. It needs a single-threaded caller.
+        outer_uid, outer_gid = os.getuid(), os.getgid()
+        try:
+            _unshare(_CLONE_NEWUSER | flags)
+            _map_own_ids(outer_uid, outer_gid)
+        except OSError as exc:
+            steps.failed(LAYER_USERNS, str(exc), exc)
+            for layer, wanted in ((LAYER_NETNS, want_net), (LAYER_MOUNTNS, want_mount)):
+                if wanted:
+                    steps.failed(layer, f"not created: the user namespace failed ({exc})", exc)
+            return
+        steps.done(LAYER_USERNS, f"own user namespace, uid {outer_uid} inside and out: no capabilities outside")
+    elif flags:
         try:
             _unshare(flags)
         except OSError as exc:
-            steps.failed(LAYER_USERNS, str(exc), exc)
-            if want_net:
-                steps.failed(LAYER_NETNS, f"not created: the user namespace failed ({exc})", exc)
+            for layer, wanted in ((LAYER_NETNS, want_net), (LAYER_MOUNTNS, want_mount)):
+                if wanted:
+                    hint = "unprivileged hosts need user_namespace=True" if os.geteuid() else "unshare failed"
+                    steps.failed(layer, f"{exc}; {hint}", exc)
             return
-        steps.done(LAYER_USERNS, "own user namespace, no uid map: no capabilities in the host namespace")
-        if want_net:
-            steps.done(LAYER_NETNS, "empty network namespace (loopback down)")
-        return
     if want_net:
+        steps.done(LAYER_NETNS, "empty network namespace (loopback down)")
+    if want_mount:
+        assert spec.root_dir is not None  # checked by the spec
+        plan = _mounts.MountPlan(
+            root_dir=spec.root_dir,
+            read_only_paths=spec.read_only_paths,
+            read_write_paths=() if spec.socket_dir is None else (spec.socket_dir,),
+            tmp_dir=spec.temp_dir,
+            tmp_size_mb=spec.tmp_size_mb,
+            tmp_max_files=spec.tmp_max_files,
+            tmp_uid=None if want_user else spec.uid,
+            tmp_gid=None if want_user else spec.effective_gid,
+            # A fresh /proc needs rights over the PID namespace, which a nested user namespace lacks.
+            mount_proc=not want_user,
+        )
         try:
-            _unshare(_CLONE_NEWNET)
-            steps.done(LAYER_NETNS, "empty network namespace (loopback down)")
+            steps.done(LAYER_MOUNTNS, _mounts.build_root(plan))
         except OSError as exc:
-            steps.failed(LAYER_NETNS, f"{exc}; unprivileged hosts need user_namespace=True", exc)
+            steps.failed(LAYER_MOUNTNS, f"building the private root failed: {exc}", exc)
+    if want_user:
+        _drop_capabilities()
+
+
+def _map_own_ids(uid: int, gid: int) -> None:
+    """Map the worker's own (unprivileged) ids into its new user namespace, the same numbers inside."""
+    with open("/proc/self/setgroups", "w") as fh:
+        fh.write("deny")
+    with open("/proc/self/uid_map", "w") as fh:
+        fh.write(f"{uid} {uid} 1")
+    with open("/proc/self/gid_map", "w") as fh:
+        fh.write(f"{gid} {gid} 1")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_capabilities() -> None:
+    # The creator of a user namespace holds every capability in it; the mounts are done, so give them up.
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise ConfinementError(LAYER_USERNS, f"dropping capabilities failed: {os.strerror(err)}")
 
 
 def lock_sockets(spec: ConfinementSpec, report: ConfinementReport) -> ConfinementReport:
@@ -712,11 +898,34 @@ def lock_sockets(spec: ConfinementSpec, report: ConfinementReport) -> Confinemen
 _NAMESPACE_PROBE = """
 import ctypes, json, os
 libc = ctypes.CDLL(None, use_errno=True)
-def attempt(flags):
-    if libc.unshare(flags) == 0:
-        return [True, "unshare works"]
-    return [False, "unshare failed: " + os.strerror(ctypes.get_errno())]
-out = {"netns": attempt(0x40000000), "userns": attempt(0x10000000 | 0x40000000)}
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+USER, NET, NS, PID = 0x10000000, 0x40000000, 0x00020000, 0x20000000
+unprivileged = os.geteuid() != 0
+def attempt(flags, mount=False):
+    # Each attempt in a child of its own: namespaces and mounts never touch this process or the next attempt.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        result = [True, "unshare works"]
+        if libc.unshare(flags) != 0:
+            result = [False, "unshare failed: " + os.strerror(ctypes.get_errno())]
+        elif mount and (libc.mount(None, b"/", None, (1 << 14) | (1 << 18), None) != 0
+                        or libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 6, b"size=1m") != 0):
+            result = [False, "mounting a tmpfs in it failed: " + os.strerror(ctypes.get_errno())]
+        os.write(w, json.dumps(result).encode())
+        os._exit(0)
+    os.close(w)
+    data = os.read(r, 4096)
+    os.waitpid(pid, 0)
+    return json.loads(data or b'[false, "the probe child died"]')
+extra = USER if unprivileged else 0
+out = {
+    "netns": attempt(NET | extra),
+    "userns": attempt(USER | NET),
+    "mountns": attempt(NS | extra, mount=True),
+    "pidns": attempt(PID | extra),
+}
 print(json.dumps(out))
 """
 
@@ -796,14 +1005,31 @@ def probe_layers(spec: ConfinementSpec | None = None, *, timeout_s: float = 10.0
 
     try:
         namespaces = _run_probe(_NAMESPACE_PROBE, [], timeout_s)
-        status[LAYER_NETNS] = LayerStatus(bool(namespaces["netns"][0]), str(namespaces["netns"][1]))
-        status[LAYER_USERNS] = LayerStatus(bool(namespaces["userns"][0]), str(namespaces["userns"][1]))
+        for layer in (LAYER_NETNS, LAYER_USERNS, LAYER_MOUNTNS, LAYER_PIDNS):
+            status[layer] = LayerStatus(bool(namespaces[layer][0]), str(namespaces[layer][1]))
     except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-        status[LAYER_NETNS] = LayerStatus(False, f"probe failed: {exc}")
-        status[LAYER_USERNS] = LayerStatus(False, f"probe failed: {exc}")
+        for layer in (LAYER_NETNS, LAYER_USERNS, LAYER_MOUNTNS, LAYER_PIDNS):
+            status[layer] = LayerStatus(False, f"probe failed: {exc}")
 
+    status[LAYER_CGROUP] = _probe_cgroup()
     status[LAYER_UID] = _probe_uid(spec, timeout_s)
     return {name: status[name] for name in ALL_LAYERS}
+
+
+def _probe_cgroup() -> LayerStatus:
+    # Host side only: creates and removes an empty group below this process's own cgroup, nothing else.
+    from . import cgroups
+
+    tree = cgroups.CgroupTree()
+    try:
+        tree.open()
+        group = tree.create_worker("probe", cgroups.CgroupLimits(memory_mb=256, max_threads=64, cpu_quota=1.0))
+        group.remove()
+        return LayerStatus(True, tree.describe())
+    except OSError as exc:
+        return LayerStatus(False, f"cannot create a worker cgroup: {exc}")
+    finally:
+        tree.close()
 
 
 def _probe_uid(spec: ConfinementSpec | None, timeout_s: float) -> LayerStatus:
@@ -816,6 +1042,10 @@ def _probe_uid(spec: ConfinementSpec | None, timeout_s: float) -> LayerStatus:
     why = _find_inaccessible_for_uid(spec, uid, gid)
     if why is not None:
         return LayerStatus(False, why)
+    if spec.mount_namespace:
+        # The worker will see these paths bound at the top of its own root, so the host's ancestors (which
+        # a uid probe here would have to traverse) do not matter: the metadata check above is the answer.
+        return LayerStatus(True, f"uid {uid} can read every read-only path inside its private root")
     try:
         ok, reason = _run_probe(_UID_PROBE, [json.dumps([uid, gid, list(spec.read_only_paths)])], timeout_s)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:

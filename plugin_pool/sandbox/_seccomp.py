@@ -57,6 +57,47 @@ DENIED_SYSCALLS: Final[tuple[str, ...]] = (
     "sethostname", "setdomainname", "vhangup",
 )  # fmt: skip
 
+# Calls that name another process are allowed only when they name the worker itself: a uid of its own
+# already makes the kernel refuse other processes, this refuses them whatever the uid (user-namespace mode
+# keeps the host's uid) and whatever the PID namespace shows. (syscall, argument index, allowed value) where
+# the value is SELF (the worker's own pid, as its PID namespace numbers it) or a constant; any other value
+# gets EPERM. A value is compared in full 64 bits, so junk in the high bits is refused, not truncated.
+SELF = -1
+SELF_ONLY_ARGUMENTS: Final[tuple[tuple[str, int, int], ...]] = (
+    ("kill", 0, SELF), ("tkill", 0, SELF), ("tgkill", 0, SELF),
+    ("rt_sigqueueinfo", 0, SELF), ("rt_tgsigqueueinfo", 0, SELF), ("pidfd_open", 0, SELF),
+    # 0 means "the calling process" to these (glibc's setrlimit is prlimit64(0, ...))
+    ("prlimit64", 0, 0), ("sched_setaffinity", 0, 0), ("sched_setscheduler", 0, 0), ("sched_setparam", 0, 0),
+    ("sched_setattr", 0, 0), ("migrate_pages", 0, 0), ("move_pages", 0, 0), ("get_robust_list", 0, 0),
+    ("setpriority", 0, 0), ("setpriority", 1, 0),  # PRIO_PROCESS, who = 0: only its own nice value
+    ("ioprio_set", 0, 1), ("ioprio_set", 1, 0),  # IOPRIO_WHO_PROCESS, who = 0
+)  # fmt: skip
+SELF_ONLY_DENIED: Final[tuple[str, ...]] = ("kcmp",)
+# mknod of a socket node needs no privilege, and the worker's socket directory (on the host's disk) allows
+# making sockets (for grpc's bind): refused, so a worker cannot fill that directory with inodes. Device nodes
+# too (they need CAP_MKNOD, which a worker never has; refused all the same). FIFOs and files stay allowed.
+S_IFMT: Final = 0o170000
+MKNOD_DENIED_TYPES: Final[dict[str, int]] = {"S_IFSOCK": 0o140000, "S_IFCHR": 0o020000, "S_IFBLK": 0o060000}
+MKNOD_MODE_ARGUMENT: Final[dict[str, int]] = {"mknod": 1, "mknodat": 2}
+"""Denied outright with the calls above: comparing another process's resources leaks what it holds."""
+
+# prctl options that would undo confinement once it is in place: the death signal that ties the worker to
+# the zygote, dumpability and ptracer (ptrace and /proc access by others), capabilities and securebits,
+# the memory map, subreaping, I/O flusher status and speculation controls.
+PR_SET_PDEATHSIG: Final = 1
+DENIED_PRCTL_OPTIONS: Final[dict[str, int]] = {
+    "PR_SET_PDEATHSIG": PR_SET_PDEATHSIG,
+    "PR_SET_DUMPABLE": 4,
+    "PR_SET_KEEPCAPS": 8,
+    "PR_SET_SECUREBITS": 28,
+    "PR_SET_MM": 35,
+    "PR_SET_CHILD_SUBREAPER": 36,
+    "PR_CAP_AMBIENT": 47,
+    "PR_SET_SPECULATION_CTRL": 53,
+    "PR_SET_IO_FLUSHER": 57,
+    "PR_SET_PTRACER": 0x59616D61,
+}
+
 SOCKET_FILTER_SYSCALLS: Final[tuple[str, ...]] = ("socket", "socketpair", "connect")
 
 # prctl and seccomp(2) constants for the side-effect-free probes.
@@ -104,11 +145,13 @@ def is_filter_supported() -> bool:
     return nr >= 0 and _libc.syscall(nr, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
 
 
-def load_base_filter() -> SeccompResult:
+def load_base_filter(self_pid: int) -> SeccompResult:
     """Load filter 1 (the deny list) on the calling thread; the caller must be single-threaded.
 
-    Non-blocking (about 1.5 ms to compile and load). Each call stacks one more filter, so call it once.
-    Raises ``OSError`` from libseccomp if the filter cannot be built or loaded; then nothing was loaded.
+    ``self_pid`` is the caller's pid as its own PID namespace numbers it (``os.getpid()``): calls that name
+    a process are allowed for that pid only. Non-blocking (about 1.5 ms to compile and load). Each call
+    stacks one more filter, so call it once. Raises ``OSError`` from libseccomp if the filter cannot be built
+    or loaded; then nothing was loaded.
     """
     flt = _new_filter()
     eperm = pyseccomp.ERRNO(errno.EPERM)
@@ -138,6 +181,16 @@ def load_base_filter() -> SeccompResult:
     for request in (TIOCSTI, TIOCLINUX):
         add("ioctl", eperm, pyseccomp.Arg(1, pyseccomp.MASKED_EQ, _MASK_32, request))
     add("personality", eperm, pyseccomp.Arg(0, pyseccomp.NE, PERSONALITY_QUERY))
+    for name, index, allowed in SELF_ONLY_ARGUMENTS:
+        add(name, eperm, pyseccomp.Arg(index, pyseccomp.NE, self_pid if allowed == SELF else allowed))
+    for name in SELF_ONLY_DENIED:
+        add(name, eperm)
+    for name, index in MKNOD_MODE_ARGUMENT.items():
+        for kind in MKNOD_DENIED_TYPES.values():
+            add(name, eperm, pyseccomp.Arg(index, pyseccomp.MASKED_EQ, S_IFMT, kind))
+    # prctl's option is an int: compare its low 32 bits, as the kernel reads it.
+    for option in DENIED_PRCTL_OPTIONS.values():
+        add("prctl", eperm, pyseccomp.Arg(0, pyseccomp.MASKED_EQ, _MASK_32, option))
     flt.load()
     return SeccompResult("base", tuple(used), tuple(unknown), tsync=False)
 

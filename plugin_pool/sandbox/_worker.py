@@ -38,6 +38,7 @@ from plugin_pool.sandbox._confine import (
     ConfinementError,
     ConfinementReport,
     ConfinementSpec,
+    check_cgroups,
     confine_self,
     lock_sockets,
 )
@@ -78,6 +79,18 @@ def _raised(exc: BaseException) -> tuple[str, str, str]:
     if type(exc) is MemoryError:
         return "resource_limit", "memory", "RLIMIT_DATA was reached"
     return ("plugin_raised", *_error(exc))
+
+
+_TEXT_OR_BYTES = (str, bytes, bytearray, memoryview)
+
+
+def _unsendable(exc: BaseException) -> str:
+    """Why a result cannot cross the boundary (orjson's TypeError, or whatever a hostile object raised)."""
+    try:
+        text = str(exc) if isinstance(exc, TypeError) else repr(exc)
+    except BaseException:
+        text = type(exc).__name__
+    return f"the result cannot be sent: {text}; return JSON-compatible values or bytes"[:500]
 
 
 def _step_error(kind: str, type_name: str = "", message: str = "") -> pb.RemoteError:
@@ -124,6 +137,9 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         self.plugin_id = plugin_id
         self.max_message_bytes = max_message_bytes
         self.ready = threading.Event()
+        """Set once the plugin is imported."""
+        self.go = threading.Event()
+        """Set by the host's first Initialize: only then is the plugin imported."""
         self.plugin: Any = None
         self.methods: dict[str, Callable[[Any], Any]] = {}
         self.async_methods: set[Callable[[Any], Any]] = set()
@@ -146,6 +162,7 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def Initialize(self, request: pb.InitializeRequest, context: grpc.ServicerContext) -> pb.StepReply:
+        self.go.set()  # the host has done its part (the worker's cgroups): the plugin may be imported now
         if not self.ready.wait(min(READY_WAIT_S, context.time_remaining() or READY_WAIT_S)):
             return pb.StepReply(error=_step_error("not_ready", message="the plugin is still loading"))
         try:
@@ -191,12 +208,21 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         method, payload = request
         ok, value = self._run(method, payload)
         if ok:
+            if isinstance(value, _TEXT_OR_BYTES) and len(value) > self.max_message_bytes:
+                # Refused before encoding: orjson reserves several times a string's size and dies (SIGSEGV)
+                # instead of raising when that reservation fails under the memory limit.
+                return codec.encode_error(
+                    "reply_too_large",
+                    "",
+                    f"the result is {len(value)} {'characters' if isinstance(value, str) else 'bytes'}; the "
+                    f"limit is {self.max_message_bytes} bytes",
+                )
             try:
                 reply = codec.encode_result(value)
             except MemoryError as exc:
                 return codec.encode_error(*_raised(exc))
             except Exception as exc:  # orjson raises TypeError, but a hostile object may raise anything
-                return codec.encode_error("bad_reply", "", f"the result is not JSON-compatible: {exc!r}"[:500])
+                return codec.encode_error("bad_reply", "", _unsendable(exc))
         else:
             reply = codec.encode_error(*value)
         return self._bounded(reply, "result")
@@ -261,7 +287,7 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         try:
             codec.encode_result(value)
         except Exception as exc:
-            return False, ("bad_reply", "", f"the result is not JSON-compatible: {exc!r}"[:500])
+            return False, ("bad_reply", "", _unsendable(exc))
         return outcome
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthReply:
@@ -391,7 +417,16 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
     for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
     plugin_id = str(spec["plugin_id"])
-    confinement = ConfinementSpec.from_dict({**spec["confinement"], "stdout_fd": output_fd, "log_fd": output_fd})
+    # Opened before Landlock, read later: the groups the host puts this process in (see check_cgroups).
+    cgroup_view = os.open("/proc/self/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+    confinement = ConfinementSpec.from_dict(
+        {
+            **spec["confinement"],
+            "stdout_fd": output_fd,
+            "log_fd": output_fd,
+            "keep_fds": [*spec["confinement"].get("keep_fds", ()), cgroup_view],
+        }
+    )
     try:
         report = confine_self(confinement, parent_pid=parent_pid)
     except ConfinementError as exc:
@@ -417,6 +452,17 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
     server.start()
     try:
         servicer.report = lock_sockets(confinement, report)
+    except ConfinementError as exc:
+        sys.stderr.write(f"confinement failed: {exc}\n")
+        return EXIT_CONFINEMENT_FAILED
+    # The plugin is imported when the host's Initialize arrives: by then the host has moved this process into
+    # its cgroups (a cgroup v1 move waits for an RCU grace period, ~7 ms, so the host does it while the worker
+    # confines itself and starts its server), and the worker checks that before any plugin code runs.
+    if not servicer.go.wait(READY_WAIT_S):
+        sys.stderr.write(f"the host did not initialize the plugin within {READY_WAIT_S:g} s\n")
+        return EXIT_BOOT_FAILED
+    try:
+        servicer.report = check_cgroups(confinement, servicer.report, cgroup_view)
     except ConfinementError as exc:
         sys.stderr.write(f"confinement failed: {exc}\n")
         return EXIT_CONFINEMENT_FAILED

@@ -133,6 +133,7 @@ class SandboxPool:
     ) -> None:
         self.config = config
         self.supervisor = Supervisor(config, on_worker_exit=self._on_worker_exit, services=services)
+        self.supervisor.on_idle_cpu = self._on_idle_cpu
         self._on_restart = on_restart or (lambda plugin_id, reason: None)
         self._on_plugin_failed = on_plugin_failed or (lambda plugin_id, reason: None)
         self._plugins: dict[str, _PluginWorkers] = {}
@@ -168,8 +169,15 @@ class SandboxPool:
             "layers": {name: status.to_dict() for name, status in self.supervisor.layers.items()},
             "applied": sorted(self.supervisor.applied_layers),
             "required": sorted(self.supervisor.required_layers),
-            "worker_uid": self.supervisor.worker_uid,
+            "worker_uids": (
+                None
+                if self.supervisor.identities is None
+                else f"{self.supervisor.identities.first}-{self.supervisor.identities.last}, one per worker"
+            ),
             "user_namespace": self.supervisor.user_namespace,
+            "pid_namespace": self.supervisor.pid_namespace,
+            "mount_namespace": self.supervisor.mount_namespace,
+            "cgroups": None if self.supervisor.cgroups is None else self.supervisor.cgroups.describe(),
         }
 
     # -- plugin lifecycle -------------------------------------------------------------------------------
@@ -564,6 +572,7 @@ class SandboxPool:
                 self._recycle(group, handle, handle.recycle_for)
             elif not handle.exited.is_set() and not handle.retiring:
                 group.calls += 1
+                handle.busy = True
                 return handle
         return None
 
@@ -590,6 +599,8 @@ class SandboxPool:
 
     def _release(self, group: _PluginWorkers, handle: WorkerHandle) -> None:
         with group.lock:
+            handle.busy = False
+            handle.idle_since = time.monotonic()
             handle.calls += 1
             calls_limit, age_limit_s = group.recycle_limits.get(handle, (self.config.recycle_after_calls, 0.0))
             too_old = age_limit_s and time.monotonic() - handle.booted_at > age_limit_s
@@ -662,6 +673,10 @@ class SandboxPool:
             return ResourceLimitError(
                 limit="cpu", plugin_id=plugin_id, pid=handle.pid, signal=handle.exit_signal, capability=capability
             )
+        if handle.oom_killed:  # its memory cgroup was full: shared mappings, memfd or /tmp count there too
+            return ResourceLimitError(
+                limit="memory", plugin_id=plugin_id, pid=handle.pid, signal=handle.exit_signal, capability=capability
+            )
         return WorkerCrashedError(
             plugin_id=plugin_id,
             pid=handle.pid,
@@ -694,8 +709,8 @@ class SandboxPool:
             self._total -= 1
         if not active or handle.killed_for == "stop":
             return
-        # A zygote death kills every worker at once; it says nothing about the plugin, so it is no crash loop.
-        if reason == "crash" and handle.killed_for != "zygote" and self._crash_loop(group):
+        counted = _counts_toward_crash_loop(handle, reason)
+        if counted and self._crash_loop(group):
             return
         need = len(group.workers) + group.spawning < group.min_workers or group.waiting > 0
         if not need:
@@ -704,8 +719,37 @@ class SandboxPool:
             self._total += 1
         with group.lock:
             group.spawning += 1
-        delay = self._backoff(group) if reason == "crash" else 0.0
+        delay = self._backoff(group) if counted else 0.0
         self.supervisor.schedule(delay, lambda: self._spawn_into(group, reason=reason))
+
+    def _on_idle_cpu(self, handle: WorkerHandle, share: float) -> None:
+        """A worker burned ``share`` CPUs with no call in flight (a thread left spinning): replace it.
+
+        It is idle, so no call is lost; its replacement counts as ``cpu``, toward the crash loop.
+        """
+        group = self._plugins.get(handle.plugin_id)
+        if group is None:
+            return
+        with group.lock:
+            if handle.busy or handle not in group.idle:
+                return  # a call took it meanwhile: judged again at the next check
+            group.idle.remove(handle)
+            handle.retiring = True
+        _log.warning(
+            "plugin %r: worker pid %s burned %.2f CPUs with no call in flight (sandbox.idle_cpu_limit = %g); "
+            "replacing it",
+            handle.plugin_id,
+            handle.pid,
+            share,
+            self.config.idle_cpu_limit,
+            extra={
+                "event": "worker_idle_cpu",
+                "pluginId": handle.plugin_id,
+                "trustLevel": "untrusted",
+                "pid": handle.pid,
+            },
+        )
+        self.supervisor.kill_worker(handle, "cpu")
 
     def _crash_loop(self, group: _PluginWorkers) -> bool:
         now = time.monotonic()
@@ -841,8 +885,20 @@ class _WorkerLost(Exception):
 
 
 def _restart_reason(handle: WorkerHandle) -> str:
-    if handle.killed_for in ("timeout", "memory", "recycle"):
+    if handle.killed_for in ("timeout", "memory", "recycle", "cpu"):
         return handle.killed_for
+    if handle.oom_killed:
+        return "memory"
     if handle.exit_signal == _SIGXCPU:
         return "cpu"
     return "crash"
+
+
+def _counts_toward_crash_loop(handle: WorkerHandle, reason: str) -> bool:
+    """Deaths the plugin caused: crashes, CPU (its lifetime budget, or burning CPU while idle) and OOM kills.
+
+    A zygote death kills every worker at once and says nothing about the plugin; deadlines and host-side
+    recycling are the host's decisions. Neither counts."""
+    if handle.killed_for == "zygote":
+        return False
+    return reason in ("crash", "cpu") or handle.oom_killed

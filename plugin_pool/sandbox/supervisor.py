@@ -9,11 +9,11 @@ the child exits, so a zygote started from a short-lived thread would die with it
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
 import os
-import pwd
 import queue
 import shutil
 import signal
@@ -41,6 +41,9 @@ from plugin_pool.sandbox import _codec as codec
 from plugin_pool.sandbox._codec import decode_value, encode_value
 from plugin_pool.sandbox._confine import (
     ALL_LAYERS,
+    LAYER_CGROUP,
+    LAYER_MOUNTNS,
+    LAYER_PIDNS,
     LAYER_UID,
     LAYER_USERNS,
     ConfinementSpec,
@@ -50,12 +53,22 @@ from plugin_pool.sandbox._confine import (
 )
 from plugin_pool.sandbox._frames import FrameReader, encode_frame, write_all
 from plugin_pool.sandbox._worker import BOOT_EXIT_CODES
+from plugin_pool.sandbox.cgroups import CgroupLimits, CgroupTree, WorkerCgroup
+from plugin_pool.sandbox.identities import WorkerIdentities, WorkerIdentity
 
 __all__ = ["BootError", "Supervisor", "WorkerHandle", "WorkerPlan"]
 
 _log = logging.getLogger("plugin_pool.sandbox")
 
 ZYGOTE_READY_TIMEOUT_S = 15.0
+WORKER_TMP_DIR = "/tmp"
+"""Where a worker with a private root finds its own tmpfs (TMPDIR)."""
+DATA_CEILING_FACTOR = 8
+"""RLIMIT_DATA as a multiple of sandbox.memory_mb when the memory cgroup enforces memory_mb itself."""
+MAX_SOCKET_PATH = 107
+"""sun_path holds 108 bytes with the terminating NUL."""
+RUN_DIR = "/run/plugin-pool"
+"""The runtime directory of a root host (sandbox.runtime_dir = 'auto'); shared by every host of the machine."""
 SOCKET_POLL_S = 0.0005
 EXIT_WAIT_S = 1.0
 CHECK_INTERVAL_S = 1.0
@@ -129,15 +142,32 @@ class WorkerHandle:
     exit_signal: int | None = None
     exit_tail: list[str] = field(default_factory=list)
     killed_for: str | None = None
-    """Why the host killed it (``timeout``, ``memory``, ``recycle``, ``stop``), ``zygote`` when it died with the
-    zygote, or None for a crash."""
+    """Why the host killed it (``timeout``, ``memory``, ``recycle``, ``cpu``, ``stop``), ``zygote`` when it died
+    with the zygote, or None for a crash."""
     recycle_for: str | None = None
     """Set (to ``memory``) when the worker should be replaced the next time it is idle."""
     callbacks: queue.Queue[pb.HostMessage | None] = field(default_factory=queue.Queue)
     service_calls: int = 0
+    identity: WorkerIdentity | None = None
+    """The uid of its own, held until it is reaped."""
+    cgroup: WorkerCgroup | None = None
+    oom_killed: bool = False
+    """The kernel's OOM killer ended it (its memory cgroup was full): a ``memory`` restart."""
+    busy: bool = False
+    """A call is in flight (set by the pool)."""
+    idle_since: float = 0.0
+    """When its last call ended (monotonic), for the idle CPU watch."""
+    cpu_sample: tuple[float, float] | None = None
+    """(monotonic time, CPU seconds used) at the last check."""
+    exit_waiters: list[threading.Event] = field(default_factory=list)
+    """Set, with ``exited``, when the worker is gone (lets a boot step wait for either its reply or the death)."""
 
     def describe_exit(self) -> str:
         """How the process ended, for error messages."""
+        if self.oom_killed:
+            how = "killed by the kernel's OOM killer: its memory cgroup (sandbox.memory_mb) was full"
+            tail = " | ".join(line for line in self.exit_tail[-3:] if line.strip())
+            return f"worker pid {self.pid} {how}" + (f": {tail}" if tail else "")
         if self.exit_signal is not None:
             try:
                 how = f"killed by {signal.Signals(self.exit_signal).name}"
@@ -155,22 +185,35 @@ class _ZygoteProcess:
     """The host side of one zygote: start it, send requests, read its frames on a reader thread."""
 
     def __init__(
-        self, directory: Path, on_frame: Callable[[dict[str, Any]], None], on_exit: Callable[[], None]
+        self,
+        directory: Path,
+        on_frame: Callable[[dict[str, Any]], None],
+        on_exit: Callable[[], None],
+        *,
+        pid_namespace: bool = False,
     ) -> None:
         self._directory = directory
         self._on_frame = on_frame
         self._on_exit = on_exit
+        self._pid_namespace = pid_namespace
         self._write_lock = threading.Lock()
         self.ready = threading.Event()
+        """Set when the zygote said it is ready, or when it died first (then ``gone`` is set too)."""
+        self.gone = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
+        self.in_pid_namespace = False
 
     def start(self) -> None:
         root = str(Path(plugin_pool.__file__).resolve().parent.parent)
-        log = open(self._directory / "zygote.log", "ab")  # noqa: SIM115 - handed to the child
+        log_path = self._directory / "zygote.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        args = [sys.executable, "-I", "-c", _ZYGOTE_BOOT, root, str(os.getpid())]
+        if self._pid_namespace:
+            args.append("pidns")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _ZYGOTE_BOOT, root, str(os.getpid())],
+                args,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -182,11 +225,18 @@ class _ZygoteProcess:
             log.close()
         self.pid = self.proc.pid
         threading.Thread(target=self._read, name="plugin-pool-zygote-reader", daemon=True).start()
-        if not self.ready.wait(ZYGOTE_READY_TIMEOUT_S):
+        # A zygote that dies while it starts wakes us at once (the reader sets ready when its pipe closes).
+        if not self.ready.wait(ZYGOTE_READY_TIMEOUT_S) or self.gone.is_set():
+            died = self.gone.is_set()
             self.stop()
+            code = self.proc.returncode
             raise SandboxError(
-                f"the sandbox zygote did not start within {ZYGOTE_READY_TIMEOUT_S:g} s; see "
-                f"{self._directory / 'zygote.log'}"
+                (
+                    f"the sandbox zygote exited with code {code} while starting"
+                    if died
+                    else f"the sandbox zygote did not start within {ZYGOTE_READY_TIMEOUT_S:g} s"
+                )
+                + f": {_tail(log_path)}"
             )
 
     def _read(self) -> None:
@@ -199,12 +249,18 @@ class _ZygoteProcess:
                     break
                 for frame in frames:
                     if frame.get("op") == "ready":
+                        self.in_pid_namespace = bool(frame.get("pid_namespace"))
+                        # In a PID namespace the zygote is the child of the process we started (which only
+                        # waits for it): its own pid is the one that is the parent of every worker.
+                        self.pid = int(frame.get("pid") or self.proc.pid)
                         self.ready.set()
                     else:
                         self._on_frame(frame)
         except (OSError, ValueError) as exc:
             _log.error("zygote protocol broken: %s", exc, extra={"event": "zygote_protocol_error"})
         finally:
+            self.gone.set()
+            self.ready.set()
             self.proc.wait()
             # The pipes would otherwise be left to the garbage collector (a ResourceWarning each).
             for pipe in (self.proc.stdout, self.proc.stdin):
@@ -277,12 +333,18 @@ class Supervisor:
         self._closed = False
         self._opened = False
         self.base_dir: Path | None = None
+        self.runtime_dir: Path = runtime_dir_for(config)
         self.layers: dict[str, LayerStatus] = {}
         self.required_layers: frozenset[str] = frozenset()
         self.applied_layers: frozenset[str] = frozenset()
-        self.worker_uid: int | None = None
+        self.identities: WorkerIdentities | None = None
+        """Per-worker uids (a root host); None when workers keep the host's uid inside a user namespace."""
+        self.cgroups: CgroupTree | None = None
         self.user_namespace = False
         self.zygote_restarts = 0
+        self.on_idle_cpu: Callable[[WorkerHandle, float], None] | None = None
+        """Called (on the supervisor thread) with a worker that burned more than ``idle_cpu_limit`` CPUs while
+        no call was in flight, and the share it burned; the pool decides what to do with it."""
 
     # -- open / close ----------------------------------------------------------------------------------
 
@@ -294,12 +356,20 @@ class Supervisor:
             if self._opened:
                 return
             self._opened = True
+        self.runtime_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         self._decide_confinement()
-        remove_orphaned_dirs()
+        remove_orphaned_dirs(self.runtime_dir)
         # The host's pid is in the name, so a later host can tell a dead host's leftovers from a live one's.
-        self.base_dir = Path(tempfile.mkdtemp(prefix=f"{BASE_DIR_PREFIX}{os.getpid()}-"))
+        self.base_dir = Path(tempfile.mkdtemp(prefix=f"{BASE_DIR_PREFIX}{os.getpid()}-", dir=self.runtime_dir))
         # 0711: workers may traverse to their own directory but cannot list the others.
         os.chmod(self.base_dir, 0o711)
+        longest = self.base_dir / f"w{10**9}" / "sock" / SOCKET_NAME
+        if len(str(longest)) > MAX_SOCKET_PATH:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            raise SandboxError(
+                f"worker socket paths under {self.runtime_dir} would exceed {MAX_SOCKET_PATH} bytes; set "
+                "sandbox.runtime_dir to a shorter directory"
+            )
         self._service_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="plugin-pool-service")
         self._thread = threading.Thread(target=self._run, name="plugin-pool-supervisor", daemon=True)
         self._thread.start()
@@ -324,37 +394,39 @@ class Supervisor:
             self._thread.join(3.0)
         if self._service_pool is not None:
             self._service_pool.shutdown(wait=False, cancel_futures=True)
+        for handle in workers:  # a worker whose exit report was lost with the zygote: its claims go now
+            self._release_resources(handle)
         if self.base_dir is not None:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+        if self.cgroups is not None:
+            self.cgroups.close()
+        if self.identities is not None:
+            self.identities.close()
 
     def _decide_confinement(self) -> None:
+        """Probe the layers and choose how workers are confined; raise when the minimum cannot be met."""
         config = self.config
-        uid = None
-        user = config.worker_user
         root = os.geteuid() == 0
-        if root and user not in ("userns",):
-            uid = _resolve_user("nobody" if user == "auto" else user)
-        spec = (
-            ConfinementSpec(temp_dir="/tmp", read_only_paths=self._read_only_paths(None), uid=uid)
-            if uid is not None
-            else None
+        # A root host gives every worker a uid of its own, also in user-namespace mode (dropped before the
+        # namespace is made), so no worker ever keeps real root outside; an unprivileged host cannot.
+        identities = WorkerIdentities(config.uid_range, self.runtime_dir / "uids") if root else None
+        self.user_namespace = config.worker_user == "userns" or not root
+        sample_uid = identities.first if identities is not None else None
+        spec = ConfinementSpec(
+            temp_dir=WORKER_TMP_DIR,
+            read_only_paths=self._read_only_paths(None),
+            uid=sample_uid,
+            user_namespace=self.user_namespace,
+            mount_namespace=True,
+            root_dir=str(self.runtime_dir),
         )
         self.layers = probe_layers(spec)
-        if uid is not None and not self.layers[LAYER_UID].available:
-            if user != "auto":
-                raise ConfinementUnavailableError(
-                    f"sandbox.worker_user = {user!r} cannot be used: {self.layers[LAYER_UID].reason}"
-                )
-            _log.warning(
-                "workers cannot drop to uid nobody (%s); using a user namespace instead",
-                self.layers[LAYER_UID].reason,
-                extra={"event": "sandbox_uid_fallback"},
-            )
-            uid = None
-        self.worker_uid = uid
-        self.user_namespace = uid is None and self.layers[LAYER_USERNS].available
+        if sample_uid is not None and not self.layers[LAYER_MOUNTNS].available:
+            # Without a private root the uid must reach the runtime through the host's own directories.
+            self.layers[LAYER_UID] = probe_layers(dataclasses.replace(spec, mount_namespace=False))[LAYER_UID]
         available = {name for name, status in self.layers.items() if status.available}
-        available.discard(LAYER_UID if uid is None else LAYER_USERNS)
+        if identities is None:
+            available.discard(LAYER_UID)
         if not self.user_namespace:
             available.discard(LAYER_USERNS)
         wanted = config.required_layers.strip().lower()
@@ -369,15 +441,43 @@ class Supervisor:
                 raise ConfinementUnavailableError(
                     f"sandbox.required_layers names unknown layers {sorted(unknown)}; known: {', '.join(ALL_LAYERS)}"
                 )
-            missing = sorted(required - available)
-            if missing:
-                why = "; ".join(f"{m}: {self.layers[m].reason}" for m in missing)
-                raise ConfinementUnavailableError(
-                    f"the sandbox cannot confine workers as required: {why}. Lower sandbox.required_layers "
-                    f"only if you accept weaker isolation"
-                )
+        if identities is not None and LAYER_UID not in available and wanted == "available":
+            raise ConfinementUnavailableError(
+                f"workers cannot run as uids of their own: {self.layers[LAYER_UID].reason}. Make the Python "
+                "runtime readable by other users, or name sandbox.required_layers without 'uid' to accept "
+                "workers that keep the host's uid"
+            )
+        missing = sorted(required - available)
+        if missing:
+            why = "; ".join(f"{m}: {self.layers[m].reason}" for m in missing)
+            raise ConfinementUnavailableError(
+                f"the sandbox cannot confine workers as required: {why}. Lower sandbox.required_layers "
+                f"only if you accept weaker isolation"
+            )
+        if LAYER_UID in available and identities is not None:
+            identities.open()
+            self.identities = identities
+        if LAYER_CGROUP in available:
+            tree = CgroupTree()
+            try:
+                tree.open()
+                self.cgroups = tree
+            except OSError as exc:
+                if LAYER_CGROUP in required:
+                    raise ConfinementUnavailableError(f"the sandbox cannot create worker cgroups: {exc}") from exc
+                available.discard(LAYER_CGROUP)
         self.applied_layers = frozenset(available)
         self.required_layers = frozenset(required)
+
+    @property
+    def pid_namespace(self) -> bool:
+        """Whether the zygote and its workers run in a PID namespace of their own. No side effects."""
+        return LAYER_PIDNS in self.applied_layers
+
+    @property
+    def mount_namespace(self) -> bool:
+        """Whether each worker gets a private root (mount namespace, tmpfs /tmp, own /proc). No side effects."""
+        return LAYER_MOUNTNS in self.applied_layers
 
     def _read_only_paths(self, plugin_dir: Path | None) -> tuple[str, ...]:
         package_dir = str(Path(plugin_pool.__file__).resolve().parent)
@@ -422,7 +522,7 @@ class Supervisor:
     def start_zygote(self) -> None:
         """Start a zygote (on the supervisor thread). On failure, retry after a second."""
         assert self.base_dir is not None
-        zygote = _ZygoteProcess(self.base_dir, self._on_frame, self._on_zygote_exit)
+        zygote = _ZygoteProcess(self.base_dir, self._on_frame, self._on_zygote_exit, pid_namespace=self.pid_namespace)
         try:
             zygote.start()
         except (OSError, SandboxError) as exc:
@@ -448,7 +548,8 @@ class Supervisor:
                 _log.exception("sandbox task failed", extra={"event": "sandbox_task_failed"})
 
     def check_workers(self) -> None:
-        """Once a second: mark workers whose resident memory grew past the limit for recycling.
+        """Once a second: mark workers whose resident memory grew past the limit for recycling, and report
+        workers that burned CPU while no call was in flight (``on_idle_cpu``).
 
         The pool retires a marked worker when it is next idle, so no call in flight is lost.
         """
@@ -459,6 +560,23 @@ class Supervisor:
             rss = _rss_of(handle.pid)
             if rss and handle.rss_baseline and rss - handle.rss_baseline > limit_bytes:
                 handle.recycle_for = handle.recycle_for or "memory"
+            self._check_idle_cpu(handle)
+
+    def _check_idle_cpu(self, handle: WorkerHandle) -> None:
+        limit = self.config.idle_cpu_limit
+        if limit <= 0 or not handle.booted_at:
+            return
+        now = time.monotonic()
+        used = handle.cgroup.get_cpu_seconds() if handle.cgroup is not None else None
+        if used is None:
+            used = _cpu_seconds_of(handle.pid)
+        previous, handle.cpu_sample = handle.cpu_sample, (now, used)
+        # Judge only a window in which the worker was idle from start to end (no call began or ended in it).
+        if previous is None or handle.busy or handle.idle_since > previous[0] or now - previous[0] < 0.5:
+            return
+        share = (used - previous[1]) / (now - previous[0])
+        if share > limit and self.on_idle_cpu is not None:
+            self.on_idle_cpu(handle, share)
 
     def schedule(self, delay_s: float, task: Callable[[], None]) -> None:
         """Run ``task`` on the supervisor thread after ``delay_s`` seconds."""
@@ -535,11 +653,17 @@ class Supervisor:
             _log.error("the sandbox zygote died; restarting it", extra={"event": "zygote_died"})
 
     def _worker_gone(self, handle: WorkerHandle) -> None:
+        # Read before anything else moves: whoever wakes on ``exited`` must find how the worker died.
+        if handle.cgroup is not None and handle.killed_for is None and handle.cgroup.get_oom_kills() > 0:
+            handle.oom_killed = True
         handle.exited.set()
+        for waiter in handle.exit_waiters:
+            waiter.set()
         handle.callbacks.put(None)
         self._close_channel(handle)
         if self.base_dir is not None:
             shutil.rmtree(handle.directory, ignore_errors=True)
+        self._release_resources(handle)
         self._on_worker_exit(handle)
 
     # -- workers -----------------------------------------------------------------------------------
@@ -559,11 +683,17 @@ class Supervisor:
             raise BootError("the sandbox zygote is not running", plugin_id=plan.plugin_id, pid=None, zygote_down=True)
         assert self.base_dir is not None
         number = next(self._ids)
-        directory = self.base_dir / f"{plan.plugin_id}-{number}"
+        # Named by number only: the socket path must not grow with the plugin id (sun_path is 108 bytes).
+        directory = self.base_dir / f"w{number}"
         handle = WorkerHandle(
-            plugin_id=plan.plugin_id, directory=directory, socket_path=directory / "sock" / "worker.sock"
+            plugin_id=plan.plugin_id, directory=directory, socket_path=directory / "sock" / SOCKET_NAME
         )
-        self._make_worker_dirs(directory)
+        self._claim_resources(plan, handle)
+        try:
+            self._make_worker_dirs(handle)
+        except OSError:
+            self._release_resources(handle)
+            raise
         spec = self._worker_spec(plan, handle)
         future: Future[int] = Future()
         with self._lock:
@@ -576,14 +706,25 @@ class Supervisor:
         deadline = time.monotonic() + self.config.boot_timeout_s
         try:
             zygote.send({"op": "spawn", "id": number, "spec": spec})
-            future.result(self.config.boot_timeout_s)
+            pid = future.result(self.config.boot_timeout_s)
+            if handle.cgroup is not None:
+                # Here, while the worker confines itself: a cgroup v1 move waits several ms for an RCU grace
+                # period. The worker imports the plugin only after Initialize, and checks it was moved.
+                try:
+                    handle.cgroup.add(pid)
+                except OSError as exc:
+                    raise BootError(
+                        f"plugin {plan.plugin_id!r}: cannot move worker pid {pid} into its cgroups: {exc}",
+                        plugin_id=plan.plugin_id,
+                        pid=pid,
+                    ) from exc
             self._wait_for_socket(handle, deadline)
             self._connect(handle)
             self._boot_step(
                 handle,
                 "initialize",
                 plan.initialize_timeout_s,
-                lambda stub, t: stub.Initialize(
+                lambda stub, t: stub.Initialize.future(
                     pb.InitializeRequest(
                         plugin_id=plan.plugin_id, config_json=plan.config_json, services=list(plan.services)
                     ),
@@ -594,13 +735,16 @@ class Supervisor:
                 ),
             )
             self._boot_step(
-                handle, "start", plan.start_timeout_s, lambda stub, t: stub.Start(pb.StepRequest(), timeout=t)
+                handle, "start", plan.start_timeout_s, lambda stub, t: stub.Start.future(pb.StepRequest(), timeout=t)
             )
         except BaseException as exc:
             with self._lock:
                 self._pending.pop(number, None)
                 zygote_died = self._zygote is not zygote
             self.kill_worker(handle, "boot")
+            if handle.pid is None:  # never forked: no exit report will come to release its uid and cgroups
+                self._release_resources(handle)
+                shutil.rmtree(handle.directory, ignore_errors=True)
             if zygote_died and isinstance(exc, Exception) and not getattr(exc, "boot_failure", False):
                 raise BootError(
                     f"plugin {plan.plugin_id!r}: the sandbox zygote died while this worker booted",
@@ -633,7 +777,7 @@ class Supervisor:
         assert self.base_dir is not None
         staged = self.base_dir / "plugins"
         staged.mkdir(mode=0o711, exist_ok=True)
-        target = staged / f"{plugin_id}-{next(self._ids)}"
+        target = staged / f"p{next(self._ids)}"
         shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         for dirpath, _, filenames in os.walk(target):
             os.chmod(dirpath, 0o755)
@@ -648,30 +792,77 @@ class Supervisor:
         if self.base_dir is not None and staged.parent == self.base_dir / "plugins":
             shutil.rmtree(staged, ignore_errors=True)
 
-    def _make_worker_dirs(self, directory: Path) -> None:
+    def _make_worker_dirs(self, handle: WorkerHandle) -> None:
+        directory = handle.directory
         directory.mkdir(mode=0o711)
-        for sub in ("sock", "tmp"):
+        # root: the empty mount point of the worker's private root (the mount exists only in its namespace);
+        # tmp: its temp dir when there is no private root (then it has no size limit).
+        subdirs = ("sock", "root") if self.mount_namespace else ("sock", "tmp")
+        uid = handle.identity.uid if handle.identity is not None else None
+        for sub in subdirs:
             path = directory / sub
             path.mkdir(mode=0o700)
-            if self.worker_uid is not None:
-                os.chown(path, self.worker_uid, self.worker_uid)
+            if uid is not None and sub != "root":
+                os.chown(path, uid, uid)
+
+    def _claim_resources(self, plan: WorkerPlan, handle: WorkerHandle) -> None:
+        """A uid and cgroups of its own for a worker about to be spawned (released by _release_resources)."""
+        config = self.config
+        if self.identities is not None:
+            handle.identity = self.identities.claim()
+        if self.cgroups is not None:
+            limits = CgroupLimits(
+                memory_mb=min(plan.memory_mb or config.memory_mb, config.memory_mb),
+                max_threads=config.max_threads,
+                cpu_quota=config.cpu_quota,
+            )
+            try:
+                handle.cgroup = self.cgroups.create_worker(handle.directory.name, limits)
+            except OSError as exc:
+                self._release_resources(handle)
+                raise BootError(
+                    f"plugin {plan.plugin_id!r}: cannot create the worker's cgroup: {exc}",
+                    plugin_id=plan.plugin_id,
+                    pid=None,
+                ) from exc
+
+    def _release_resources(self, handle: WorkerHandle) -> None:
+        """Give back a gone worker's uid and remove its cgroups. Idempotent."""
+        identity, handle.identity = handle.identity, None
+        cgroup, handle.cgroup = handle.cgroup, None
+        if cgroup is not None:
+            cgroup.remove()
+        if identity is not None and self.identities is not None:
+            self.identities.release(identity)
 
     def _worker_spec(self, plan: WorkerPlan, handle: WorkerHandle) -> dict[str, Any]:
         config = self.config
         layers = self.applied_layers
+        identity = handle.identity
+        memory_mb = min(plan.memory_mb or config.memory_mb, config.memory_mb)
         confinement = ConfinementSpec(
-            temp_dir=str(handle.directory / "tmp"),
+            temp_dir=WORKER_TMP_DIR if self.mount_namespace else str(handle.directory / "tmp"),
             read_only_paths=self._read_only_paths(plan.plugin_dir),
             socket_dir=str(handle.socket_path.parent),
             cpu_time_s=min(plan.cpu_time_s or config.cpu_time_s, config.cpu_time_s),
-            memory_mb=min(plan.memory_mb or config.memory_mb, config.memory_mb),
+            # The memory cgroup holds the worker to memory_mb, counting what it touches; RLIMIT_DATA then only
+            # stops absurd reservations (orjson reserves several times a big string's size before writing it).
+            memory_mb=memory_mb * DATA_CEILING_FACTOR if handle.cgroup is not None else memory_mb,
             open_files=config.open_files,
+            # With a uid of its own, RLIMIT_NPROC counts this worker's threads alone.
+            processes=config.max_threads if identity is not None else None,
             file_size_mb=config.file_size_mb,
-            uid=self.worker_uid,
+            uid=identity.uid if identity is not None else None,
             unshare_net=True,
             user_namespace=self.user_namespace,
             layers=frozenset(layers),
             required_layers=frozenset(self.required_layers),
+            cgroup_dirs=handle.cgroup.group_dirs if handle.cgroup is not None else (),
+            pid_namespace=self.pid_namespace,
+            mount_namespace=self.mount_namespace,
+            root_dir=str(handle.directory / "root") if self.mount_namespace else None,
+            tmp_size_mb=config.tmp_size_mb,
+            tmp_max_files=config.tmp_max_files,
         )
         return {
             "plugin_id": plan.plugin_id,
@@ -705,7 +896,9 @@ class Supervisor:
 
     def _connect(self, handle: WorkerHandle) -> None:
         limit = int(self.config.max_message_mb * 1024 * 1024)
-        handle.channel = grpc.insecure_channel(
+        # Built on a local name and published last: the worker may die meanwhile, and its exit report closes
+        # (and clears) handle.channel from the zygote reader thread.
+        channel = grpc.insecure_channel(
             f"unix:{handle.socket_path}",
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -717,18 +910,21 @@ class Supervisor:
                 ("grpc.max_reconnect_backoff_ms", 20),
             ],
         )
-        handle.stub = pb_grpc.PluginWorkerStub(handle.channel)
+        handle.stub = pb_grpc.PluginWorkerStub(channel)
         # Calls: the PluginWorkerFrames methods with their one-field Frame written by hand (see _codec).
-        handle.call = handle.channel.unary_unary(
+        handle.call = channel.unary_unary(
             "/plugin_pool.v1.PluginWorkerFrames/Call",
             request_serializer=codec.frame,
             response_deserializer=codec.unframe,
         )
-        handle.call_batch = handle.channel.unary_unary(
+        handle.call_batch = channel.unary_unary(
             "/plugin_pool.v1.PluginWorkerFrames/CallBatch",
             request_serializer=codec.frame,
             response_deserializer=codec.unframe,
         )
+        handle.channel = channel
+        if handle.exited.is_set():  # it died while we connected: nobody else will close this channel
+            self._close_channel(handle)
         threading.Thread(
             target=self._serve_callbacks, args=(handle,), name=f"plugin-pool-cb-{handle.pid}", daemon=True
         ).start()
@@ -738,11 +934,33 @@ class Supervisor:
         handle: WorkerHandle,
         step: str,
         timeout_s: float,
-        call: Callable[[pb_grpc.PluginWorkerStub, float], pb.StepReply],
+        call: Callable[[pb_grpc.PluginWorkerStub, float], Any],
     ) -> None:
+        """Run one lifecycle RPC in a booting worker; a worker that dies meanwhile ends the wait at once.
+
+        ``call`` starts the RPC as a future (``stub.X.future(...)``). Without the race against the death, an
+        RPC sent with wait_for_ready to a worker that already exited (its plugin failed to import) would
+        wait for its whole deadline.
+        """
         assert handle.stub is not None
+        done = threading.Event()
+        handle.exit_waiters.append(done)
         try:
-            reply = call(handle.stub, timeout_s)
+            future = call(handle.stub, timeout_s)
+            future.add_done_callback(lambda _: done.set())
+            if handle.exited.is_set():
+                done.set()
+            done.wait(timeout_s + 1.0)
+            if not future.done():
+                future.cancel()
+                detail = handle.describe_exit() if handle.exited.is_set() else f"{step} timed out after {timeout_s:g} s"
+                raise BootError(
+                    f"plugin {handle.plugin_id!r}: {step} failed: {detail}",
+                    plugin_id=handle.plugin_id,
+                    pid=handle.pid,
+                    boot_failure=handle.exit_code in BOOT_EXIT_CODES,
+                )
+            reply = future.result()
         except (grpc.RpcError, ValueError) as exc:
             # ValueError: the worker died and its channel was closed before the call could start.
             code = exc.code() if isinstance(exc, grpc.RpcError) else None
@@ -761,6 +979,8 @@ class Supervisor:
                 pid=handle.pid,
                 boot_failure=handle.exit_code in BOOT_EXIT_CODES,
             ) from None
+        finally:
+            handle.exit_waiters.remove(done)
         if reply.HasField("error"):
             err = reply.error
             raise BootError(
@@ -927,6 +1147,22 @@ class Supervisor:
 
 
 BASE_DIR_PREFIX = "plugin-pool-"
+SOCKET_NAME = "s"
+
+
+def runtime_dir_for(config: SandboxConfig) -> Path:
+    """The directory a pool keeps its private directory and uid locks in (``sandbox.runtime_dir``).
+
+    'auto' is /run/plugin-pool for a root host (short, root-only, shared by every host of the machine so
+    their uid claims meet), else /tmp, else the system temp dir. No side effects.
+    """
+    if config.runtime_dir != "auto":
+        return Path(config.runtime_dir)
+    if os.geteuid() == 0 and os.path.isdir("/run"):
+        return Path(RUN_DIR)
+    if os.access("/tmp", os.W_OK | os.X_OK):
+        return Path("/tmp")
+    return Path(tempfile.gettempdir())
 
 
 def remove_orphaned_dirs(parent: Path | None = None) -> list[Path]:
@@ -952,6 +1188,25 @@ def remove_orphaned_dirs(parent: Path | None = None) -> list[Path]:
     return removed
 
 
+def _tail(path: Path, limit: int = 600) -> str:
+    """The end of a log file, for error messages ('(empty log)' if there is nothing)."""
+    try:
+        text = path.read_bytes()[-limit:].decode(errors="replace").strip()
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})"
+    return text.replace("\n", " | ") if text else f"(nothing in {path})"
+
+
+def _cpu_seconds_of(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.Error, OSError):
+        return 0.0
+    return float(times.user + times.system)
+
+
 def _rss_of(pid: int | None) -> int:
     if pid is None:
         return 0
@@ -959,15 +1214,3 @@ def _rss_of(pid: int | None) -> int:
         return int(psutil.Process(pid).memory_info().rss)
     except (psutil.Error, OSError):
         return 0
-
-
-def _resolve_user(user: str) -> int:
-    if user.isdigit():
-        return int(user)
-    try:
-        return pwd.getpwnam(user).pw_uid
-    except KeyError:
-        raise ConfinementUnavailableError(
-            f"sandbox.worker_user = {user!r} is not a user on this machine; name an existing user, a uid, "
-            f"'auto' or 'userns'"
-        ) from None

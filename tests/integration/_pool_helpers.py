@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _hosts import ns_pid
 
 from plugin_pool import PluginHost, load_config
 
@@ -60,6 +61,11 @@ def worker_pids(host: PluginHost, plugin_id: str) -> list[int]:
     """The plugin's live worker pids as the pool knows them."""
     assert host.sandbox is not None
     return host.sandbox.list_worker_pids(plugin_id)
+
+
+def as_seen_inside(pids: list[int]) -> dict[int, int]:
+    """Host pid -> the pid the worker reports for itself (its PID namespace numbers it); workers must be alive."""
+    return {pid: ns_pid(pid) for pid in pids}
 
 
 def copy_plugin(parent: Path, plugin_id: str, *, pool: Mapping[str, int] | None = None, source: Path = CHAOS) -> Path:

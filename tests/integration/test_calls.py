@@ -16,7 +16,7 @@ from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
-from _pool_helpers import settle, wait_until
+from _pool_helpers import as_seen_inside, settle, wait_until
 
 from plugin_pool import (
     AsyncPluginHost,
@@ -57,6 +57,7 @@ def test_a_call_waiting_past_its_deadline_never_runs_and_one_running_past_it_is_
     host.add_plugin_dir(make_plugin("single", pool={"min_workers": 1, "max_workers": 1}))
     host.start_plugins()
     (pid,) = host.list_worker_pids("single")
+    inside = as_seen_inside([pid])[pid]  # the worker's own pid, as its PID namespace numbers it
     busy = host.submit("single", "act", {"op": "sleep", "s": 0.6})
     wait_until(lambda: host.sandbox is not None and host.sandbox.get_stats("single").busy == 1, "the worker busy")
     # Waiting in the dispatcher queue (submit) and in the pool's queue (invoke from another thread).
@@ -71,9 +72,9 @@ def test_a_call_waiting_past_its_deadline_never_runs_and_one_running_past_it_is_
     assert caught.value.started is False
     with pytest.raises(CancelledError):
         cancelled.result(10)
-    assert busy.result(10) == {"pid": pid, "calls": 1}
+    assert busy.result(10) == {"pid": inside, "calls": 1}
     # Neither the late, nor the cancelled, nor the pool-queued call ran: this is the worker's second call.
-    assert host.invoke("single", "act", {"op": "pid"}) == {"pid": pid, "calls": 2}
+    assert host.invoke("single", "act", {"op": "pid"}) == {"pid": inside, "calls": 2}
 
     with pytest.raises(CallTimeoutError) as killed:
         host.submit("single", "act", {"op": "sleep", "s": 10}, timeout_s=0.3).result(10)
@@ -109,6 +110,7 @@ def test_awaited_calls_to_an_untrusted_plugin_and_a_cancelled_await(
     host.add_plugin_dir(make_plugin("awaited", pool={"min_workers": 1, "max_workers": 1}))
     host.start_plugins()
     (pid,) = host.list_worker_pids("awaited")
+    inside = as_seen_inside([pid])[pid]
 
     async def main() -> None:
         ahost = AsyncPluginHost(host)
@@ -122,7 +124,7 @@ def test_awaited_calls_to_an_untrusted_plugin_and_a_cancelled_await(
         with pytest.raises(asyncio.CancelledError):
             await queued
         assert (await busy)["calls"] == 1
-        assert await ahost.invoke("awaited", "act", {"op": "pid"}) == {"pid": pid, "calls": 2}
+        assert await ahost.invoke("awaited", "act", {"op": "pid"}) == {"pid": inside, "calls": 2}
         assert await ahost.invoke_many("awaited", "echo", [1, 2, 3]) == [1, 2, 3]
 
     asyncio.run(main())

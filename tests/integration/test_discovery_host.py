@@ -270,7 +270,14 @@ def test_an_entry_point_that_fails_to_import_fails_only_itself(
     )
     (site / "ep_broken_mod.py").write_text("raise ImportError('missing native library')\n")
     monkeypatch.syspath_prepend(str(site))
-    host = make_host([], discovery={"use_entry_points": True, "entry_point_group": "plugin_pool.host_test_plugins"})
+    host = make_host(
+        [],
+        discovery={
+            "use_entry_points": True,
+            "entry_point_group": "plugin_pool.host_test_plugins",
+            "entry_point_distributions": ["ep-plugins"],
+        },
+    )
     hosts.append(host)
     host.discover()
     host.start_plugins()

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _hosts import is_gone, live_children
+from _hosts import is_gone, live_children, ns_pid
 from _pool_helpers import (
     PLUGINS,
     Clock,
     RecordList,
+    as_seen_inside,
     settle,
     wait_until,
     worker_pids,
@@ -40,6 +41,7 @@ from plugin_pool.errors import (
     PluginCallError,
     PluginNotActiveError,
     PoolOverloadedError,
+    SandboxError,
     WorkerCrashedError,
 )
 from plugin_pool.lifecycle import PluginState
@@ -77,7 +79,7 @@ def stop_intervals(log: RecordList, plugin_id: str) -> dict[int, list[tuple[floa
     for record in log.plugin_logs(plugin_id, "chaos stop"):
         match = re.search(r"pid=(\d+) start=([\d.]+) end=([\d.]+)", record.getMessage())
         assert match, record.getMessage()
-        runs.setdefault(int(match[1]), []).append((float(match[2]), float(match[3])))
+        runs.setdefault(int(record.pid), []).append((float(match[2]), float(match[3])))
     return runs
 
 
@@ -90,6 +92,7 @@ def test_worker_death_fails_only_its_call(open_host: HostFactory, make_plugin: P
     host.start_plugins()
     pids = worker_pids(host, "crashy")
     assert len(pids) == 2
+    inside = as_seen_inside(pids)
     died: dict[int, float] = {}
 
     def watch() -> None:  # runs until it sees the death (or 10 s): the error may arrive before it looks
@@ -126,7 +129,7 @@ def test_worker_death_fails_only_its_call(open_host: HostFactory, make_plugin: P
     assert latency < 0.5
     # The call in flight on the other worker was not affected, and the plugin serves on.
     other = next(p for p in pids if p != err.pid)
-    assert survivor == {"pid": other, "calls": 1}
+    assert survivor == {"pid": inside[other], "calls": 1}
     assert [host.invoke("crashy", "act", {"op": "double", "n": n}) for n in range(3)] == [0, 2, 4]
     assert host.is_active("crashy")
 
@@ -149,7 +152,8 @@ def test_replacement_is_forked_from_the_zygote_and_counted_once(
         fresh = wait_for_new_workers(host, "phoenix", 2, seen)
         seen.add(fresh)
         assert psutil.Process(fresh).ppid() == zygote
-        assert host.restarts[("phoenix", "crash")] == n
+        # Counted on the host's background thread (never on the supervisor's), so it may trail the worker.
+        wait_until(lambda n=n: host.restarts[("phoenix", "crash")] == n, f"restart {n} to be counted")
         assert restart_events(host, "phoenix") == ["crash"] * n
     settle(host)  # every replacement scheduled and every report queued so far has been handled
     assert host.restarts == Counter({("phoenix", "crash"): kills})
@@ -219,6 +223,61 @@ def test_plugin_that_cannot_import_fails_and_is_not_respawned(
     assert host.restarts == Counter()
     with pytest.raises(PluginNotActiveError):
         host.invoke("broken-import", "act", {"op": "pid"})
+
+
+def test_an_import_failure_fails_the_start_at_once_every_time(
+    open_host: HostFactory, make_plugin: PluginFactory
+) -> None:
+    # The worker reports the failure and exits at once; the host must not wait out initialize_timeout_s on a
+    # start step sent to a worker that is already gone (that happened in about 1 start in 10).
+    host = open_host(lifecycle={"initialize_timeout_s": 30.0})
+    host.add_plugin_dir(make_plugin("broken-again", source=PLUGINS / "broken_import"))
+    reasons = []
+    for _ in range(50):
+        host.start_plugin("broken-again")
+        reasons.append(host.get_plugin_health("broken-again").reason or "")
+    assert all("exited with code 72" in r and "missing dependency xyz" in r for r in reasons), set(reasons)
+
+
+@pytest.mark.timeout(20)  # a step that waited for its deadline (an hour) would hang: the timeout fails it
+def test_a_boot_step_sent_to_a_worker_that_already_exited_fails_at_once(tmp_path: Path) -> None:
+    # The race behind the slow failure, made certain: the worker's exit report came before the host even
+    # connected, so nothing will ever close the channel the step waits on (wait_for_ready).
+    from plugin_pool._proto.v1 import worker_pb2 as pb
+    from plugin_pool.config import load_config
+    from plugin_pool.sandbox.supervisor import BootError, Supervisor, WorkerHandle
+
+    supervisor = Supervisor(load_config().sandbox, on_worker_exit=lambda handle: None)
+    handle = WorkerHandle(plugin_id="gone", directory=tmp_path, socket_path=tmp_path / "nobody-listens")
+    handle.pid, handle.exit_code, handle.exit_tail = 4242, 72, ["plugin load failed: ImportError: no module"]
+    handle.exited.set()
+    supervisor._connect(handle)
+    try:
+        with pytest.raises(BootError) as caught:
+            supervisor._boot_step(
+                handle,
+                "initialize",
+                3600.0,
+                lambda stub, t: stub.Initialize.future(pb.InitializeRequest(), timeout=t, wait_for_ready=True),
+            )
+        assert caught.value.boot_failure
+        assert "exited with code 72: plugin load failed: ImportError: no module" in str(caught.value)
+    finally:
+        supervisor._close_channel(handle)
+
+
+def test_a_zygote_that_dies_while_it_starts_is_noticed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugin_pool.sandbox import supervisor
+
+    monkeypatch.setattr(
+        supervisor, "_ZYGOTE_BOOT", "import sys; sys.stderr.write('no zygote today'); raise SystemExit(9)"
+    )
+    zygote = supervisor._ZygoteProcess(tmp_path, lambda frame: None, lambda: None)
+    with pytest.raises(SandboxError) as caught:
+        zygote.start()
+    # Not "did not start within 15 s": the exit itself ended the wait, and the reason is in the message.
+    assert "exited with code 9 while starting" in str(caught.value)
+    assert "no zygote today" in str(caught.value)
 
 
 def test_initialize_that_raises_or_hangs_fails_only_that_plugin(
@@ -352,16 +411,18 @@ def test_host_sigkill_leaves_no_orphans(make_plugin: PluginFactory) -> None:
             selector.register(proc.stdout, selectors.EVENT_READ)
             assert selector.select(timeout=20), "the host script printed nothing within 20 s"
         info = json.loads(proc.stdout.readline())
-        started = [info["zygote"], *info["workers"]]
+        # host -> the process it started (it made the PID namespace and only waits) -> zygote -> workers
+        shim = psutil.Process(info["zygote"]).ppid()
+        started = [shim, info["zygote"], *info["workers"]]
         assert len(info["workers"]) == 2
-        assert psutil.Process(info["zygote"]).ppid() == proc.pid
+        assert psutil.Process(shim).ppid() == proc.pid
         assert live_children(info["zygote"]) == sorted(info["workers"])
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
         wait_until(lambda: all(is_gone(pid) for pid in started), "the zygote and workers to die", timeout_s=2)
         # Its private directory is left behind (SIGKILL runs no cleanup); the next host removes it.
         assert Path(info["base_dir"]).is_dir()
-        assert Path(info["base_dir"]) in remove_orphaned_dirs()
+        assert Path(info["base_dir"]) in remove_orphaned_dirs(Path(info["base_dir"]).parent)
         assert not Path(info["base_dir"]).exists()
     finally:
         if proc.poll() is None:
@@ -384,6 +445,7 @@ def test_call_past_its_deadline_kills_and_replaces_the_worker(
     host.add_plugin_dir(make_plugin("slowpoke"))
     host.start_plugins()
     pids = worker_pids(host, "slowpoke")
+    inside = as_seen_inside(pids)
     with ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
         late = pool.submit(host.invoke, "slowpoke", "act", {"op": "sleep", "s": 3})
@@ -400,7 +462,7 @@ def test_call_past_its_deadline_kills_and_replaces_the_worker(
     assert err.pid in pids
     assert isinstance(err, TimeoutError)
     survivor = next(p for p in pids if p != err.pid)
-    assert others == [{"pid": survivor, "calls": n} for n in (1, 2, 3)]
+    assert others == [{"pid": inside[survivor], "calls": n} for n in (1, 2, 3)]
     wait_until(lambda: is_gone(err.pid), "the timed-out worker to be killed", timeout_s=2)
     wait_for_new_workers(host, "slowpoke", 2, set(pids))
     assert host.restarts == Counter({("slowpoke", "timeout"): 1})
@@ -426,7 +488,7 @@ def test_full_queue_rejects_at_once_and_the_rest_complete(open_host: HostFactory
     assert info.value.plugin_id == "narrow"
     assert "2 calls are waiting (sandbox.queue_limit)" in str(info.value)
     pid = worker_pids(host, "narrow")[0]
-    assert results == [{"pid": pid, "calls": n} for n in (1, 2, 3)]
+    assert results == [{"pid": ns_pid(pid), "calls": n} for n in (1, 2, 3)]
     assert host.sandbox.get_stats("narrow").waiting == 0
     assert host.restarts == Counter()
 
@@ -472,7 +534,7 @@ def test_pool_grows_to_max_workers_under_load(open_host: HostFactory, make_plugi
     assert len({r["pid"] for r in results}) == 3
     assert elapsed < 1.9  # the three calls ran side by side
     zygote = zygote_pid(host)
-    assert live_children(zygote) == sorted(r["pid"] for r in results)
+    assert sorted(as_seen_inside(live_children(zygote)).values()) == sorted(r["pid"] for r in results)
 
 
 def test_global_worker_cap_holds_across_plugins(open_host: HostFactory, make_plugin: PluginFactory) -> None:
@@ -511,16 +573,17 @@ def test_recycling_replaces_workers_gracefully_one_at_a_time(
     host.start_plugins()
     original = worker_pids(host, "renew")
     assert len(original) == 2
+    host_pid_of = {inner: pid for pid, inner in as_seen_inside(original).items()}
     results = []
     with ThreadPoolExecutor(2) as pool:
         for _ in range(5):  # five rounds of two calls ending together: each worker reaches 5 calls at once
             until = time.time() + 0.1
             pair = [pool.submit(host.invoke, "renew", "act", {"op": "sleep_until", "t": until}) for _ in range(2)]
             results += [f.result(5) for f in pair]
-    assert Counter(r["pid"] for r in results) == Counter(dict.fromkeys(original, 5))
+    assert Counter(host_pid_of[r["pid"]] for r in results) == Counter(dict.fromkeys(original, 5))
     # One worker is being recycled (its stop() takes 0.3 s); the other, also due, keeps serving.
     sixth = host.invoke("renew", "act", {"op": "pid"})
-    assert sixth["calls"] == 6 and sixth["pid"] in original
+    assert sixth["calls"] == 6 and host_pid_of[sixth["pid"]] in original
     for _ in range(100):
         if host.restarts[("renew", "recycle")] == 2:
             break
@@ -530,6 +593,7 @@ def test_recycling_replaces_workers_gracefully_one_at_a_time(
     assert restart_events(host, "renew") == ["recycle", "recycle"]
     wait_until(lambda: len(set(worker_pids(host, "renew")) - set(original)) == 2, "two fresh workers")
     wait_until(lambda: all(is_gone(p) for p in original), "the recycled workers to exit")
+    # The plugin logs its own pid; the host tags each record with the host's pid of the worker.
     stops = wait_until(
         lambda: (runs := stop_intervals(sandbox_log, "renew")) and set(runs) == set(original) and runs,
         "stop() of both recycled workers to be logged by the host",
@@ -598,7 +662,7 @@ def test_plugin_logs_reach_the_host_logger(shared: tuple[PluginHost, RecordList]
     assert record.name == "plugin_pool.sandbox"
     assert record.levelno == logging.INFO
     assert (record.event, record.pluginId, record.trustLevel) == ("plugin_log", "steady", "untrusted")
-    assert record.pid == reply["pid"]
+    assert ns_pid(record.pid) == reply["pid"]  # the host tags the record with its own pid of the worker
     assert record.pluginLogger == "plugin_pool.plugins.steady"
 
 

@@ -7,9 +7,13 @@ a CI run that "passes" by skipping the sandbox proves nothing.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from _confined import FULL_STACK, Dirs
 
 from plugin_pool.sandbox import _confine
 
@@ -42,3 +46,26 @@ def require_layers(layer_status: dict[str, _confine.LayerStatus]) -> Callable[..
             _skip_or_fail(f"sandbox layers unavailable here: {missing}")
 
     return require
+
+
+@pytest.fixture
+def dirs() -> Iterator[Dirs]:
+    # Under /tmp with 0755, not pytest's 0700 tmp_path, so a worker dropped to uid 65534 can reach it.
+    base = Path(tempfile.mkdtemp(prefix="plugin-pool-sandbox-"))
+    try:
+        base.chmod(0o755)
+        made = Dirs(base, base / "plugin", base / "tmp", base / "sock", base / "outside", base / "outside" / "s")
+        for path in (made.plugin, made.temp, made.sock, made.outside):
+            path.mkdir(mode=0o755)
+        made.secret.write_text("host secret")
+        made.secret.chmod(0o644)
+        (made.plugin / "plugin.py").write_text("VALUE = 1\n")
+        (made.plugin / "link-to-secret").symlink_to(made.secret)
+        yield made
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def full_stack(require_layers: Callable[..., None]) -> None:
+    require_layers(*FULL_STACK, "seccomp_sockets")

@@ -15,32 +15,30 @@ import errno
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyseccomp  # type: ignore[import-untyped,unused-ignore]
 import pytest
+from _confined import (
+    CHILD_TIMEOUT_S,
+    NOBODY,
+    POOL_ONLY_LAYERS,
+    Dirs,
+    assert_errno,
+    make_spec,
+    run_hostile,
+    runner_command,
+)
 
 from plugin_pool.sandbox import _confine, _landlock, _seccomp
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(60)]
-
-RUNNER = Path(__file__).parent / "hostile" / "_runner.py"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-NOBODY = 65534
-FULL_STACK = ("pdeathsig", "netns", "userns", "rlimits", "no_new_privs", "landlock", "seccomp")
-CHILD_TIMEOUT_S = 20.0
-
-# A parent that starts the runner, then waits to be killed by the test (PDEATHSIG check).
 _INTERMEDIATE_PARENT = """
 import json, subprocess, sys, time
 cmd, fd = json.loads(sys.argv[1])
@@ -48,154 +46,7 @@ subprocess.Popen(cmd, pass_fds=(fd,), stdin=subprocess.DEVNULL)
 time.sleep(30)
 """
 
-
-@dataclass(frozen=True)
-class Dirs:
-    base: Path
-    plugin: Path
-    temp: Path
-    sock: Path
-    outside: Path
-    secret: Path
-
-
-@dataclass(frozen=True)
-class Run:
-    returncode: int
-    lines: list[dict[str, Any]]
-    stderr: str
-
-    def stage(self, name: str) -> dict[str, Any]:
-        for line in self.lines:
-            if line["stage"] == name:
-                return line
-        raise AssertionError(f"runner sent no {name!r} line; exit {self.returncode}; stderr:\n{self.stderr}")
-
-    @property
-    def result(self) -> dict[str, Any]:
-        return dict(self.stage("result")["result"])
-
-    @property
-    def report(self) -> _confine.ConfinementReport:
-        return _confine.ConfinementReport.from_dict(self.stage("confined")["report"])
-
-    def error(self) -> dict[str, Any]:
-        result = self.result
-        assert "error" in result, f"the action succeeded: {result}"
-        return dict(result["error"])
-
-
-@pytest.fixture
-def dirs() -> Iterator[Dirs]:
-    # Under /tmp with 0755, not pytest's 0700 tmp_path, so a worker dropped to uid 65534 can reach it.
-    base = Path(tempfile.mkdtemp(prefix="plugin-pool-sandbox-"))
-    try:
-        base.chmod(0o755)
-        made = Dirs(base, base / "plugin", base / "tmp", base / "sock", base / "outside", base / "outside" / "s")
-        for path in (made.plugin, made.temp, made.sock, made.outside):
-            path.mkdir(mode=0o755)
-        made.secret.write_text("host secret")
-        made.secret.chmod(0o644)
-        (made.plugin / "plugin.py").write_text("VALUE = 1\n")
-        (made.plugin / "link-to-secret").symlink_to(made.secret)
-        yield made
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def full_stack(require_layers: Callable[..., None]) -> None:
-    require_layers(*FULL_STACK, "seccomp_sockets")
-
-
-def make_spec(dirs: Dirs, **overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "temp_dir": str(dirs.temp),
-        "socket_dir": str(dirs.sock),
-        "read_only_paths": [str(dirs.plugin), str(REPO_ROOT / "plugin_pool"), str(RUNNER.parent)],
-        "cpu_time_s": 20,
-        "memory_mb": 512,
-        "open_files": 64,
-        "file_size_mb": 8,
-        "user_namespace": True,
-        "unshare_net": True,
-        "required_layers": [name for name in _confine.ALL_LAYERS if name != "uid"],
-        "log_fd": 2,
-    }
-    spec.update(overrides)
-    return spec
-
-
-def runner_command(config: dict[str, Any], python: str) -> list[str]:
-    return [python, "-I", str(RUNNER), json.dumps(config)]
-
-
-def read_lines(fd: int) -> list[dict[str, Any]]:
-    os.set_blocking(fd, False)
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-
-
-def run_hostile(
-    action: str,
-    dirs: Dirs,
-    arg: Any = None,
-    *,
-    spec: dict[str, Any] | None = None,
-    python: str = sys.executable,
-    sys_path: tuple[str, ...] = (),
-    lock: bool = False,
-    threads: int = 0,
-) -> Run:
-    """Run one action in a confined runner; returns its exit code, JSON lines and stderr."""
-    read_fd, write_fd = os.pipe()
-    config = {
-        "spec": spec if spec is not None else make_spec(dirs),
-        "action": action,
-        "arg": arg,
-        "result_fd": write_fd,
-        "lock_sockets": lock,
-        "threads": threads,
-        "sys_path": list(sys_path),
-    }
-    try:
-        with subprocess.Popen(
-            runner_command(config, python),
-            pass_fds=(write_fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        ) as proc:
-            os.close(write_fd)
-            write_fd = -1
-            try:
-                _, stderr = proc.communicate(timeout=CHILD_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                pytest.fail(f"runner for {action!r} did not finish within {CHILD_TIMEOUT_S} s")
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-        return Run(proc.returncode, read_lines(read_fd), stderr.decode(errors="replace"))
-    finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
-
-
-def assert_errno(run: Run, expected: int) -> None:
-    error = run.error()
-    assert error["errno"] == expected, f"expected {errno.errorcode[expected]}, got {error}; stderr:\n{run.stderr}"
-
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(60)]
 
 # ---------------------------------------------------------------------------------------------------------
 # spec, probe and report
@@ -206,8 +57,8 @@ def test_spec_validates_and_round_trips(dirs: Dirs) -> None:
     assert _confine.ConfinementSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     with pytest.raises(ValueError, match="memory_mb=128 is below 256"):
         _confine.ConfinementSpec(temp_dir="/tmp", memory_mb=128)
-    with pytest.raises(ValueError, match="exclude each other"):
-        _confine.ConfinementSpec(temp_dir="/tmp", uid=NOBODY, user_namespace=True)
+    with pytest.raises(ValueError, match="needs root_dir"):
+        _confine.ConfinementSpec(temp_dir="/tmp", mount_namespace=True)
     with pytest.raises(ValueError, match="not absolute"):
         _confine.ConfinementSpec(temp_dir="tmp")
     with pytest.raises(ValueError, match="unknown layers"):
@@ -253,8 +104,9 @@ def test_probe_reports_uid_unavailable_when_a_path_is_unreadable(dirs: Dirs) -> 
 def test_report_lists_layers_in_force(dirs: Dirs, full_stack: None) -> None:
     run = run_hostile("introspect", dirs, lock=True)
     report = run.report
-    assert report.list_in_force() == [name for name in _confine.ALL_LAYERS if name != "uid"]
-    assert report.layers["uid"].state == "not_requested"
+    assert report.list_in_force() == [name for name in _confine.ALL_LAYERS if name not in POOL_ONLY_LAYERS]
+    for name in POOL_ONLY_LAYERS:
+        assert report.layers[name].state == "not_requested", report.layers[name]
     assert report.landlock_abi == _landlock.get_abi_version()
     assert report.list_missing(["landlock", "seccomp", "uid"]) == ["uid"]
     json.dumps(report.to_dict())
@@ -544,88 +396,66 @@ def test_cpu_spin_beyond_rlimit_cpu_is_killed_by_sigxcpu(dirs: Dirs, full_stack:
 # uid drop
 
 
-def _stdlib_of(python: str) -> str | None:
-    try:
-        out = subprocess.run(
-            [
-                python,
-                "-I",
-                "-c",
-                "import sys, sysconfig; print(sys.version_info[:2] == (3, 11) and sysconfig.get_paths()['stdlib'])",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out if out.startswith("/") else None
-
-
-def python_for_uid(uid: int) -> str | None:
-    """An interpreter (3.11) whose standard library ``uid`` can read, or None."""
-    candidates = [sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"]
-    for python in candidates:
-        stdlib = _stdlib_of(python) if os.path.exists(python) else None
-        if stdlib and _confine._find_inaccessible_path(stdlib, uid, uid, os.R_OK) is None:
-            return python
-    return None
-
-
 @pytest.fixture
-def uid_python(dirs: Dirs, skip_or_fail: Callable[[str], None], require_layers: Callable[..., None]) -> str:
-    require_layers("uid", "landlock", "seccomp")
-    python = python_for_uid(NOBODY)
-    if python is None:
-        skip_or_fail(f"no Python 3.11 here whose standard library uid {NOBODY} can read")
-        raise AssertionError("unreachable")
+def uid_dirs(dirs: Dirs, require_layers: Callable[..., None]) -> Dirs:
+    """The dirs, with the temp and socket dirs owned by the worker uid (as the pool makes them)."""
+    require_layers("uid", "landlock", "seccomp", "mountns")
     for path in (dirs.temp, dirs.sock):
         os.chown(path, NOBODY, NOBODY)
         path.chmod(0o700)
-    return python
+    (dirs.base / "root").mkdir()
+    return dirs
 
 
 def _uid_spec(dirs: Dirs) -> dict[str, Any]:
-    required = [n for n in _confine.ALL_LAYERS if n not in ("userns",)]
-    return make_spec(dirs, user_namespace=False, uid=NOBODY, required_layers=required)
+    """A uid drop in a private root, as the pool confines its workers: the runtime is reachable through
+    the binds wherever it lives (this very checkout may lie below a 0700 directory)."""
+    required = [n for n in _confine.ALL_LAYERS if n not in ("userns", "cgroup", "pidns")]
+    return make_spec(
+        dirs,
+        user_namespace=False,
+        uid=NOBODY,
+        required_layers=required,
+        mount_namespace=True,
+        root_dir=str(dirs.base / "root"),
+        temp_dir="/tmp",
+    )
 
 
-PYSECCOMP_DIR = os.path.dirname(pyseccomp.__file__)
-
-
-def test_uid_drop_to_nobody(dirs: Dirs, uid_python: str) -> None:
-    run = run_hostile("introspect", dirs, spec=_uid_spec(dirs), python=uid_python, sys_path=(PYSECCOMP_DIR,))
-    assert run.report.is_in_force("uid")
+def test_uid_drop_to_nobody(uid_dirs: Dirs) -> None:
+    run = run_hostile("introspect", uid_dirs, spec=_uid_spec(uid_dirs))
+    assert run.report.is_in_force("uid") and run.report.is_in_force("mountns")
     assert run.result["resuid"] == [NOBODY] * 3
     assert run.result["groups"] == []
     assert run.result["pdeathsig"] == signal.SIGKILL  # armed again after setresuid
 
 
-def test_uid_drop_hides_root_only_files_in_the_plugin_dir(dirs: Dirs, uid_python: str) -> None:
-    private = dirs.plugin / "root-only.txt"
+def test_uid_drop_hides_root_only_files_in_the_plugin_dir(uid_dirs: Dirs) -> None:
+    private = uid_dirs.plugin / "root-only.txt"
     private.write_text("root only")
     private.chmod(0o600)
-    run = run_hostile(
-        "read_file", dirs, str(private), spec=_uid_spec(dirs), python=uid_python, sys_path=(PYSECCOMP_DIR,)
-    )
+    run = run_hostile("read_file", uid_dirs, str(private), spec=_uid_spec(uid_dirs))
     assert_errno(run, errno.EACCES)
 
 
-def test_uid_dropped_worker_dies_with_its_parent(dirs: Dirs, uid_python: str) -> None:
-    assert_dies_with_parent(dirs, _uid_spec(dirs), uid_python, (PYSECCOMP_DIR,))
+def test_uid_dropped_worker_dies_with_its_parent(uid_dirs: Dirs) -> None:
+    assert_dies_with_parent(uid_dirs, _uid_spec(uid_dirs), sys.executable, ())
 
 
 def test_required_uid_drop_refuses_an_unreadable_runtime(dirs: Dirs, require_layers: Callable[..., None]) -> None:
+    # Without a private root the uid must pass every directory above each read-only path itself.
     require_layers("uid")
     private = dirs.base / "private-runtime"
     private.mkdir(mode=0o700)
-    spec = _uid_spec(dirs)
+    required = [n for n in _confine.ALL_LAYERS if n not in ("userns", "cgroup", "pidns", "mountns")]
+    spec = make_spec(dirs, user_namespace=False, uid=NOBODY, required_layers=required)
     spec["read_only_paths"] = [*spec["read_only_paths"], str(private)]
-    python = python_for_uid(NOBODY)
-    run = run_hostile("introspect", dirs, spec=spec, python=python or sys.executable, sys_path=(PYSECCOMP_DIR,))
+    run = run_hostile("introspect", dirs, spec=spec)
     refused = run.stage("refused")
     assert refused["layer"] == "uid"
-    assert f"does not let uid {NOBODY} reach" in refused["reason"] and "user_namespace" in refused["reason"]
-    if python is not None:  # otherwise the runtime itself is the first unreadable path
+    assert f"does not let uid {NOBODY} reach" in refused["reason"] and "mount namespace" in refused["reason"]
+    blocked_before = [
+        p for p in _confine.default_read_only_paths() if _confine._find_inaccessible_path(p, NOBODY, NOBODY, os.R_OK)
+    ]
+    if not blocked_before:  # otherwise the runtime itself is the first unreadable path (a 0700 checkout)
         assert str(private) in refused["reason"]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _hosts import ns_pid
 
 from plugin_pool import PluginHost, load_config
 from plugin_pool.errors import (
@@ -58,7 +59,19 @@ MAX_MESSAGE_MB = 1
 REPLACEMENT_WAIT_S = 10.0
 
 # The layers the pool must apply on a machine that offers them (docs/SANDBOX.md).
-EXPECTED_LAYERS = ("landlock", "seccomp", "seccomp_sockets", "netns", "no_new_privs", "rlimits", "pdeathsig")
+EXPECTED_LAYERS = (
+    "landlock",
+    "seccomp",
+    "seccomp_sockets",
+    "netns",
+    "no_new_privs",
+    "rlimits",
+    "pdeathsig",
+    "uid",
+    "cgroup",
+    "pidns",
+    "mountns",
+)
 # What a confined worker's environment may hold (docs/SANDBOX.md, step 5).
 WORKER_ENVIRONMENT = {"PATH", "TMPDIR", "MALLOC_ARENA_MAX"}
 
@@ -92,11 +105,14 @@ class Hostile:
         return self.host.invoke(plugin_id, capability, payload)
 
     def pid_of(self, plugin_id: str) -> int:
-        """The pid of the plugin's one worker, as the worker itself reports it."""
-        pid = int(self.invoke(plugin_id, "ping")["pid"])
+        """The host's pid of the plugin's one worker, checked against the pid the worker itself reports (its
+        own PID namespace numbers it differently)."""
+        reported = int(self.invoke(plugin_id, "ping")["pid"])
         assert self.host.sandbox is not None
-        assert self.host.sandbox.list_worker_pids(plugin_id) == [pid]
-        return pid
+        pids = self.host.sandbox.list_worker_pids(plugin_id)
+        assert len(pids) == 1, pids
+        assert ns_pid(pids[0]) == reported
+        return pids[0]
 
     def wait_for_replacement(self, plugin_id: str, old_pid: int) -> int:
         """Wait until a new worker replaced ``old_pid`` and serves; return its pid."""
@@ -205,7 +221,8 @@ def test_confinement_report_lists_every_layer_as_applied(hostile: Hostile, requi
     assert inside["no_new_privs"] == 1
     assert inside["seccomp_mode"] == 2  # SECCOMP_MODE_FILTER
     assert inside["rlimits"]["RLIMIT_CPU"] == [CPU_TIME_S, CPU_TIME_S + 1]
-    assert inside["rlimits"]["RLIMIT_DATA"] == [MEMORY_MB * MIB, MEMORY_MB * MIB]
+    # The memory cgroup holds memory_mb; RLIMIT_DATA only stops absurd reservations above it.
+    assert inside["rlimits"]["RLIMIT_DATA"] == [8 * MEMORY_MB * MIB, 8 * MEMORY_MB * MIB]
     assert inside["rlimits"]["RLIMIT_NOFILE"] == [OPEN_FILES, OPEN_FILES]
     assert inside["rlimits"]["RLIMIT_FSIZE"] == [FILE_SIZE_MB * MIB, FILE_SIZE_MB * MIB]
     assert inside["rlimits"]["RLIMIT_CORE"] == [0, 0]
@@ -285,7 +302,7 @@ def test_netlink_packet_and_new_unix_sockets_are_refused(
 def test_reading_outside_the_plugin_folder_is_refused(
     hostile: Hostile, require_layers: Callable[..., None], target: str
 ) -> None:
-    require_layers("landlock")
+    require_layers("landlock", "mountns", "pidns")
     path = {
         "host_environ": f"/proc/{os.getpid()}/environ",
         "outside": str(hostile.outside_file),
@@ -293,7 +310,9 @@ def test_reading_outside_the_plugin_folder_is_refused(
         "link_to_shadow": "link_to_shadow",
     }.get(target, target)
     result = hostile.invoke("read-file", "read", path)
-    assert result == {"read": False, "errno": errno.EACCES, "error": "PermissionError"}
+    # None of these exist in the worker's private root (its /proc shows its own process only); where the
+    # path does exist, Landlock refuses it as well (test_confine tests each layer alone).
+    assert result == {"read": False, "errno": errno.ENOENT, "error": "FileNotFoundError"}
     assert hostile.secret not in json.dumps(result)
     # Positive control: the plugin does read its own folder.
     own = hostile.invoke("read-file", "read", "plugin.toml")
@@ -314,7 +333,7 @@ def test_host_environment_does_not_reach_the_worker(hostile: Hostile) -> None:
 def test_writing_outside_the_temp_dir_is_refused(
     hostile: Hostile, require_layers: Callable[..., None], tmp_path: Path, where: str
 ) -> None:
-    require_layers("landlock")
+    require_layers("landlock", "mountns")
     name = f"pwned-{uuid.uuid4().hex}.txt"
     targets = {
         "plugin_dir": PLUGINS_DIR / "write_file" / name,
@@ -322,6 +341,14 @@ def test_writing_outside_the_temp_dir_is_refused(
         "test_tmp": tmp_path / name,
     }
     target = targets[where]
+    # The plugin's folder is a read-only bind of the host's private copy (EROFS); the test's directory does
+    # not exist in the worker's root (ENOENT); /tmp is the worker's own tmpfs, so that write works but lands
+    # nowhere the host can see.
+    expected = {
+        "plugin_dir": {"written": False, "errno": errno.EROFS, "error": "OSError"},
+        "tmp_root": {"written": True, "errno": None, "tempdir": "/tmp"},
+        "test_tmp": {"written": False, "errno": errno.ENOENT, "error": "FileNotFoundError"},
+    }[where]
     try:
         payload = {"where": where, "name": name, "path": str(target)}
         result = hostile.invoke("write-file", "write", payload)
@@ -330,7 +357,7 @@ def test_writing_outside_the_temp_dir_is_refused(
         assert written_to.name == name
         if where != "plugin_dir":
             assert written_to == target
-        assert result == {"written": False, "errno": errno.EACCES, "error": "PermissionError"}
+        assert result == expected
         assert not target.exists() and not written_to.exists()
     finally:
         target.unlink(missing_ok=True)
@@ -342,11 +369,11 @@ def test_writing_in_the_private_temp_dir_works_within_the_file_size_limit(
 ) -> None:
     require_layers("landlock", "rlimits")
     pid = hostile.pid_of("write-file")
-    result = hostile.invoke("write-file", "write", {"where": "tempdir"})
+    result = hostile.invoke("write-file", "write", {"where": "tempdir", "name": f"own-{uuid.uuid4().hex}"})
     assert result["written"] is True
-    tempdir = result["tempdir"]
-    assert tempdir not in ("/tmp", "/var/tmp") and result["path"].startswith(tempdir + "/")
-    assert str(PLUGINS_DIR) not in tempdir
+    # Its TMPDIR is /tmp inside its private root: a tmpfs of its own, not the host's /tmp.
+    assert result["tempdir"] == "/tmp" and result["path"].startswith("/tmp/")
+    assert not Path(result["path"]).exists()
     # RLIMIT_FSIZE: one byte past the limit fails with EFBIG (Python ignores SIGXFSZ: the worker lives).
     too_big = hostile.invoke("write-file", "write", {"where": "tempdir", "size": FILE_SIZE_MB * MIB + 1})
     assert too_big["written"] is False and too_big["errno"] == errno.EFBIG
@@ -613,7 +640,7 @@ def test_import_time_side_effects_stay_in_the_worker(hostile: Hostile, require_l
     assert report["thread_done"] is True
     assert len(report["attempts"]) == 20
     assert all(a == {"created": False, "errno": errno.EPERM} for a in report["attempts"]), report["attempts"]
-    assert report["marker"] == {"written": False, "errno": errno.EACCES}
+    assert report["marker"] == {"written": False, "errno": errno.EROFS}  # its folder is a read-only bind
     assert not (PLUGINS_DIR / "import_effects" / "pwned_marker").exists()
     hostile.assert_others_serve()
 

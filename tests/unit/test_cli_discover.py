@@ -33,3 +33,23 @@ def test_discover_exits_1_and_says_why_a_plugin_would_not_load(tmp_path: Path) -
     assert code == 1
     assert "FAIL" in text and "plugin.toml" in text
     assert "load  secrets-scanner" in text
+
+
+def test_discover_lists_every_rejected_folder_with_its_path_and_reason(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES / "secrets_scanner", tmp_path / "ok")
+    rest = 'name = "n"\nversion = "1"\ntrust_level = "untrusted"\nentry = "m:P"\n[capabilities.scan]\n'
+    reasons = {
+        "slash": '[plugin]\nid = "a/b"\n' + rest,
+        "newline": '[plugin]\nid = "x\\n"\n' + rest,
+        "latin1": b'[plugin]\nid = "caf\xe9"\n',
+    }
+    for name, text in reasons.items():
+        (tmp_path / name).mkdir()
+        manifest = tmp_path / name / "plugin.toml"
+        manifest.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code, text = _run("--path", str(tmp_path))
+    assert code == 1
+    assert "1 plugin(s) would load, 3 would not" in text and "load  secrets-scanner" in text
+    assert "FAIL  latin1" in text and "is not UTF-8" in text
+    assert f"{tmp_path / 'slash'}\n" in text and "plugin id 'a/b' is invalid" in text
+    assert "plugin id 'x\\n' is invalid (plugin.id)" in text  # the id's repr: no raw newline reaches the terminal

@@ -76,10 +76,11 @@ def test_hash_of_a_missing_folder_exits_2(tmp_path: Path) -> None:
     assert code == 2 and out == "" and "not a directory" in err
 
 
-def test_hash_of_a_folder_with_a_symlink_out_exits_1(plugin: Path, tmp_path: Path) -> None:
+def test_hash_of_a_folder_with_a_symlink_exits_1_naming_it(plugin: Path, tmp_path: Path) -> None:
     os.symlink(tmp_path, plugin / "escape")
-    code, _, err = run("hash", plugin)
-    assert code == 1 and "symlink leads out of the plugin folder" in err
+    code, out, err = run("hash", plugin)
+    assert code == 1 and out == ""
+    assert f"{plugin / 'escape'}: is a symbolic link" in err and "replace the link" in err
 
 
 def test_sign_then_verify_with_a_key_file_and_a_key_directory(plugin: Path, keys: tuple[Path, Path]) -> None:
@@ -133,3 +134,28 @@ def test_verify_requires_a_trusted_key(plugin: Path) -> None:
     with pytest.raises(SystemExit) as info:
         run("verify", plugin)
     assert info.value.code == 2
+
+
+def test_a_pyc_added_after_signing_makes_verify_invalid_and_hash_and_sign_refuse(
+    plugin: Path, keys: tuple[Path, Path]
+) -> None:
+    private, public = keys
+    assert run("sign", plugin, "--key", private)[0] == 0
+    assert run("verify", plugin, "--trusted-key", public)[0] == 0
+    (plugin / "sneaky").mkdir()
+    (plugin / "sneaky" / "__init__.pyc").write_bytes(b"\x00bytecode")
+    code, out, err = run("verify", plugin, "--trusted-key", public)
+    assert code == 1 and out == "" and "INVALID" in err and str(plugin / "sneaky" / "__init__.pyc") in err
+    code, out, err = run("hash", plugin)
+    assert code == 1 and out == "" and "compiled bytecode" in err
+    code, out, err = run("sign", plugin, "--key", private)
+    assert code == 1 and out == "" and "not signed" in err and "compiled bytecode" in err
+
+
+def test_hash_sign_and_verify_read_the_limits_of_a_config_file(plugin: Path, tmp_path: Path) -> None:
+    (plugin / "data.bin").write_bytes(b"x" * 5000)
+    config = tmp_path / "limits.toml"
+    config.write_text("[discovery]\nmax_file_bytes = 4096\n")
+    assert run("hash", plugin)[0] == 0
+    code, _, err = run("hash", plugin, "--config", config)
+    assert code == 1 and "larger than the limit of 4096 bytes" in err and "max_file_bytes" in err

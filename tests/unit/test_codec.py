@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import enum
+import math
 from typing import Any
 
 import pytest
@@ -91,3 +95,68 @@ def test_a_payload_json_cannot_hold_is_a_type_error() -> None:
         codec.encode_call("scan", {1, 2})
     with pytest.raises(TypeError):
         codec.encode_batch("scan", [object()])
+
+
+# -- non-finite floats: refused, never sent as null -----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Finding:
+    rule: str
+    weight: float
+
+
+class _Level(enum.Enum):
+    UNKNOWN = math.nan
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        (math.nan, "payload"),
+        ({"score": math.inf}, "payload['score']"),
+        ([0, [1, -math.inf]], "payload[1][1]"),
+        ((1.0, {"k": (math.nan,)}), "payload[1]['k'][0]"),
+        ([_Level.UNKNOWN], "payload[0].value"),
+    ],
+)
+def test_non_finite_floats_are_refused_with_their_place(value: Any, where: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        codec.encode_call("scan", value)
+    assert str(caught.value).startswith(f"{where} is not a finite number")
+    assert codec.find_non_finite(value, "payload") == where
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _Finding("r", 1.0),
+        datetime.datetime(2026, 12, 6, 12, 0),
+        datetime.date(2026, 12, 6),
+        {"at": datetime.time(1, 2)},
+    ],
+)
+def test_values_orjson_would_turn_into_another_type_are_refused(value: Any) -> None:
+    # In-process the caller gets the object; through the sandbox it would get a dict or a string instead.
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        codec.encode_call("scan", value)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        codec.encode_result(value)
+
+
+def test_null_in_the_output_alone_is_no_reason_to_refuse() -> None:
+    # The walk runs only when the output holds "null"; a real None or the text "null" must still pass.
+    for value in (None, {"a": None}, "null", ["null", 1.5, None]):
+        assert codec.decode_call(memoryview(codec.encode_call("scan", value))) == ("scan", value)
+    assert codec.find_non_finite({"a": [1.0, 2.5, "nan"]}) is None
+
+
+def test_batches_and_results_refuse_non_finite_floats_too() -> None:
+    with pytest.raises(TypeError, match=r"payloads\[1\]\['x'\] is not a finite number"):
+        codec.encode_batch("scan", [{"x": 1.0}, {"x": math.nan}])
+    with pytest.raises(TypeError, match=r"payloads\[2\] is not a finite number"):
+        codec.encode_batch("scan", [b"raw", 1, math.inf])
+    with pytest.raises(TypeError, match=r"result\['s'\] is not a finite number"):
+        codec.encode_result({"s": math.nan})
+    with pytest.raises(TypeError, match="is not a finite number"):
+        codec.encode_value([math.nan])

@@ -313,6 +313,14 @@ def test_file_errors_name_the_key_and_the_file(tmp_path: Path, text: str, key: s
     assert str(path) in str(error)
 
 
+@pytest.mark.parametrize("bad_id", ["x\n", "a/b", "x y"], ids=["newline", "slash", "space"])
+def test_a_plugin_id_key_with_a_trailing_newline_or_separator_is_refused(tmp_path: Path, bad_id: str) -> None:
+    import json
+
+    error, _ = config_error(tmp_path, f"[plugins.{json.dumps(bad_id)}]\nenabled = false\n")
+    assert error.key == f"plugins.{bad_id}" and "plugin id" in str(error)
+
+
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     error, path = config_error(tmp_path, "[host\nactor = \n")
     assert error.source == str(path)
@@ -364,3 +372,27 @@ def test_override_errors_name_the_key_and_say_overrides(overrides: dict[str, Any
 def test_config_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         load_config(overrides={"workload": {"threads": 0}})
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("1879048192", "expected 'first-last'"),
+        ("a-b", "expected 'first-last'"),
+        ("0-65535", "below 1000 belong to the system"),
+        ("5000-4000", "before its first uid"),
+        ("2000000000-3000000000", "above 2147483647"),
+    ],
+)
+def test_a_bad_uid_range_names_the_key_the_file_and_why(tmp_path: Path, text: str, why: str) -> None:
+    path = write_toml(tmp_path, f'[sandbox]\nuid_range = "{text}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == "sandbox.uid_range"
+    assert str(path) in str(caught.value) and why in str(caught.value)
+
+
+def test_worker_user_is_auto_or_userns(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected one of auto, userns"):
+        load_config(write_toml(tmp_path, '[sandbox]\nworker_user = "nobody"\n'))
+    assert load_config(overrides={"sandbox": {"worker_user": "userns"}}).sandbox.worker_user == "userns"

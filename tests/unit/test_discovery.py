@@ -3,6 +3,7 @@ plugin, deterministic order, entry points listed but not imported, the cache and
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -272,13 +273,15 @@ def install_entry_points(site: Path, monkeypatch: pytest.MonkeyPatch, entries: d
 def test_entry_points_are_listed_but_not_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install_entry_points(tmp_path / "site", monkeypatch, {"ep-b": "ep_never_imported:B", "Bad Name": "x:y"})
     make_plugin(tmp_path / "plugins", "ep-b", folder="folder-b")
-    result = discover([tmp_path / "plugins"], entry_point_group="plugin_pool.test_plugins")
+    result = discover(
+        [tmp_path / "plugins"], entry_point_group="plugin_pool.test_plugins", entry_point_distributions=["demo-plugins"]
+    )
     assert "ep_never_imported" not in sys.modules
     # The folder came first, so the entry point with the same id is the duplicate.
     assert result.ids == ("ep-b",) and result.plugins[0].kind == "folder"
     kinds = sorted((e.kind, e.error_kind) for e in result.errors)
     assert kinds == [("entry_point", "duplicate"), ("entry_point", "entry_point")]
-    alone = discover([], entry_point_group="plugin_pool.test_plugins")
+    alone = discover([], entry_point_group="plugin_pool.test_plugins", entry_point_distributions=["Demo_Plugins"])
     [ep] = alone.plugins
     assert ep.kind == "entry_point" and ep.trust_level is None and "demo-plugins" in ep.source
     assert discover([], entry_point_group="plugin_pool.test_plugins", use_entry_points=False).plugins == ()
@@ -319,3 +322,152 @@ def test_the_report_says_what_loads_and_why_not(tmp_path: Path) -> None:
     assert "FAIL  claims" in text and "rejected: claims Trusted but unsigned" in text
     assert f"SKIP  {tmp_path / 'absent'}" in text
     assert format_discovery_report(result.plugins).startswith("1 plugin(s) would load, 0 would not")
+
+
+# -- each folder is judged alone ----------------------------------------------------------------------------
+
+
+def _manifest_with_id(plugin_id: str) -> str:
+    return (
+        f'[plugin]\nid = {json.dumps(plugin_id)}\nname = "n"\nversion = "1.0.0"\ntrust_level = "untrusted"\n'
+        f'entry = "m:P"\n\n[capabilities.scan]\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("write", "says"),
+    [
+        (lambda p: p.write_text(_manifest_with_id("x\n")), "plugin id 'x\\n' is invalid"),
+        (lambda p: p.write_text(_manifest_with_id("a/b")), "plugin id 'a/b' is invalid"),
+        (lambda p: p.write_text(_manifest_with_id("../../etc")), "plugin id '../../etc' is invalid"),
+        (lambda p: p.write_text(_manifest_with_id('q"uote')), "is invalid"),
+        (lambda p: p.write_text(_manifest_with_id("two words")), "plugin id 'two words' is invalid"),
+        (lambda p: p.write_text(_manifest_with_id("bell\a")), "plugin id 'bell\\x07' is invalid"),
+        (lambda p: p.write_bytes(b'[plugin]\nid = "caf\xe9"\n'), "is not UTF-8"),
+        (lambda p: p.write_text("x = " + "[" * 4000 + "]" * 4000), "nested too deeply"),
+        (lambda p: os.mkfifo(p), "is a fifo"),
+        (lambda p: p.symlink_to("/dev/zero"), "is a symbolic link"),
+        (lambda p: p.mkdir(), "cannot be read"),
+    ],
+    ids=["newline", "slash", "dotdot", "quote", "space", "control", "not-utf8", "deep", "fifo", "symlink", "folder"],
+)
+def test_a_folder_that_cannot_even_be_named_is_rejected_and_the_scan_goes_on(
+    tmp_path: Path, write: object, says: str
+) -> None:
+    root = tmp_path / "plugins"
+    make_plugin(root, "before")
+    bad = root / "Bad Folder"  # not a valid id either: the rejection is named by its path alone
+    bad.mkdir(parents=True)
+    write(bad / "plugin.toml")  # type: ignore[operator]
+    make_plugin(root, "zafter")
+    result = discover([root], use_entry_points=False)  # never raises for what a folder holds
+    assert result.ids == ("before", "zafter")
+    [error] = result.errors
+    assert error.plugin_id is None and error.kind == "folder" and error.source == str(bad)
+    assert error.error_kind == "manifest" and says in (error.error or "")
+    assert result.rejected == (error,) and result.duplicates == ()
+
+
+def test_an_invalid_id_in_a_validly_named_folder_is_reported_under_the_folder_name(tmp_path: Path) -> None:
+    root = tmp_path / "plugins"
+    bad = root / "odd"
+    bad.mkdir(parents=True)
+    (bad / "plugin.toml").write_text(_manifest_with_id("x\n"))
+    [error] = discover([root], use_entry_points=False).errors
+    assert error.plugin_id == "odd" and "plugin.id" in (error.error or "")
+
+
+@pytest.mark.parametrize(
+    ("damage", "kind"),
+    [
+        (lambda f: (f / "pkg").mkdir() or (f / "pkg" / "__init__.pyc").write_bytes(b"\0"), "bytecode"),
+        (lambda f: (f / "link.py").symlink_to(f / "plugin.toml"), "symlink"),
+        (lambda f: os.mkfifo(f / "pipe"), "special_file"),
+        (lambda f: (f / "blob.bin").write_bytes(b"x" * 5000), "file_too_large"),
+    ],
+    ids=["bytecode", "symlink", "fifo", "too-large"],
+)
+def test_content_rejections_carry_their_kind_for_the_metric(tmp_path: Path, damage: object, kind: str) -> None:
+    from plugin_pool.content import FolderLimits
+
+    root = tmp_path / "plugins"
+    damage(make_plugin(root, "damaged"))  # type: ignore[operator]
+    make_plugin(root, "fine")
+    result = discover([root], use_entry_points=False, limits=FolderLimits(max_file_bytes=4096))
+    assert result.ids == ("fine",)
+    [error] = result.errors
+    assert (error.plugin_id, error.error_kind, error.integrity_kind) == ("damaged", "integrity", kind)
+    assert str(root / "damaged") in (error.error or "") and error.decision.startswith("rejected: ")
+
+
+def test_discovery_applies_the_configured_limits(tmp_path: Path) -> None:
+    from plugin_pool.config import load_config
+
+    root = tmp_path / "plugins"
+    (make_plugin(root, "bulky") / "data.bin").write_bytes(b"x" * 4000)
+    make_plugin(root, "slim")
+    config = load_config(
+        overrides={"discovery": {"paths": [str(root)], "use_entry_points": False, "max_plugin_bytes": 3000}}
+    )
+    discovery = Discovery.from_config(config)
+    assert discovery.limits.max_total_bytes == 3000
+    result = discovery.get_result()
+    assert result.ids == ("slim",)
+    assert [e.integrity_kind for e in result.errors] == ["folder_too_large"]
+
+
+def test_a_duplicate_is_its_own_kind_naming_both_folders(tmp_path: Path) -> None:
+    first = make_plugin(tmp_path / "a", "twin")
+    second = make_plugin(tmp_path / "b", "twin")
+    result = discover([tmp_path / "a", tmp_path / "b"], use_entry_points=False)
+    [duplicate] = result.duplicates
+    assert duplicate.source == str(second) and duplicate.duplicate_of == str(first)
+    assert str(first) in (duplicate.error or "") and result.rejected == ()
+    text = format_discovery_report(result)
+    assert "DUPLICATE  twin" in text and f"duplicate_rejected: the id belongs to {first}" in text
+
+
+def test_the_report_escapes_control_characters_so_a_name_cannot_forge_a_line(tmp_path: Path) -> None:
+    root = tmp_path / "plugins"
+    forged = root / "x\n  load  fake-plugin                       untrusted"
+    forged.mkdir(parents=True)
+    (forged / "plugin.toml").write_text(_manifest_with_id("bad\x1b[2J"))
+    text = format_discovery_report(discover([root], use_entry_points=False))
+    assert "\n  load  fake-plugin" not in text and "\x1b" not in text
+    assert "x\\n  load  fake-plugin" in text and "\\x1b" in text
+    assert text.splitlines()[0] == "0 plugin(s) would load, 1 would not, 0 path(s) skipped"
+
+
+# -- entry points: refused before import unless their distribution is allowed -------------------------------
+
+
+EP_MODULE = """\
+import os
+os.environ["{var}"] = "imported"
+from plugin_pool.sdk import PluginBase, PluginInfo, TrustLevel
+
+
+class Plugin(PluginBase):
+    info = PluginInfo(id="ep-side", name="s", version="1.0", trust_level=TrustLevel.UNTRUSTED)
+"""
+
+
+def test_an_entry_point_of_an_unlisted_distribution_is_refused_without_importing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    var = "PLUGIN_POOL_TEST_EP_IMPORTED"
+    monkeypatch.delenv(var, raising=False)
+    site = tmp_path / "site"
+    install_entry_points(site, monkeypatch, {"ep-side": "ep_side_effects:Plugin"})
+    (site / "ep_side_effects.py").write_text(EP_MODULE.format(var=var))
+    result = discover([], entry_point_group="plugin_pool.test_plugins", entry_point_distributions=["other-dist"])
+    assert result.plugins == ()
+    [refused] = result.errors
+    assert (refused.plugin_id, refused.kind, refused.error_kind) == ("ep-side", "entry_point", "entry_point")
+    assert "refused without importing it" in (refused.error or "") and "'demo-plugins'" in (refused.error or "")
+    assert "entry_point_distributions" in (refused.error or "")
+    assert var not in os.environ and "ep_side_effects" not in sys.modules
+    assert discover([], entry_point_group="plugin_pool.test_plugins").errors[0].error_kind == "entry_point"
+    # '*' lets every installed distribution load (still not imported by discovery itself).
+    [offered] = discover([], entry_point_group="plugin_pool.test_plugins", entry_point_distributions=["*"]).plugins
+    assert offered.entry_point is not None and var not in os.environ

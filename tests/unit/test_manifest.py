@@ -3,6 +3,8 @@ that name the file and the field."""
 
 from __future__ import annotations
 
+import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -150,5 +152,50 @@ def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "plugin.toml").write_text("[plugin\nid = ")
     with pytest.raises(ManifestError, match="not valid TOML") as caught:
+        read_manifest(folder)
+    assert caught.value.path == folder.resolve() / "plugin.toml"
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["x\n", "a/b", 'q"uote', "with space", "ctl\x07", "x" * 64],
+    ids=["newline", "slash", "quote", "space", "bel", "64"],
+)
+def test_an_invalid_id_names_plugin_id_and_is_never_carried(tmp_path: Path, bad_id: str) -> None:
+    folder = write(tmp_path)
+    path = folder / "plugin.toml"
+    path.write_text(path.read_text().replace('id = "scanner"', f"id = {json.dumps(bad_id)}"))
+    with pytest.raises(ManifestError, match=r"plugin id .* is invalid \(plugin\.id\)") as caught:
+        read_manifest(folder)
+    # A host builds a Failed slot from plugin_id: an invalid id must never travel on the error.
+    assert caught.value.field == "plugin.id" and caught.value.plugin_id is None
+
+
+def test_an_entry_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    folder = write(tmp_path)
+    path = folder / "plugin.toml"
+    path.write_text(path.read_text().replace('entry = "scanner:Scanner"', 'entry = "scanner:Scanner\\n"'))
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(folder)
+    assert caught.value.field == "plugin.entry"
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda p: p.write_bytes(b'[plugin]\nid = "caf\xe9"\n'), "is not UTF-8"),
+        (lambda p: p.write_text("x = " + "[" * 3000 + "]" * 3000), "nested too deeply"),
+        (lambda p: p.write_text("# pad\n" * 200_000), "larger than 1048576 bytes"),
+        (lambda p: (p.unlink(), os.mkfifo(p)), "is a fifo"),
+        (lambda p: (p.rename(p.with_name("real.toml")), p.symlink_to("real.toml")), "is a symbolic link"),
+    ],
+    ids=["not-utf8", "deep", "huge", "fifo", "symlink"],
+)
+def test_an_unreadable_manifest_is_a_manifest_error_not_a_crash_or_a_hang(
+    tmp_path: Path, make: object, says: str
+) -> None:
+    folder = write(tmp_path)
+    make(folder / "plugin.toml")  # type: ignore[operator]
+    with pytest.raises(ManifestError, match=says) as caught:
         read_manifest(folder)
     assert caught.value.path == folder.resolve() / "plugin.toml"

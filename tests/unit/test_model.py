@@ -51,6 +51,17 @@ def test_accepted_ids(good_id: str) -> None:
         "hello.world",
         "héllo",
         "-hello",
+        "x\n",
+        "x\r\n",
+        "x\x00",
+        "a/b",
+        "../etc",
+        'x"y',
+        "x'y",
+        "x\ty",
+        "x\x1b[2J",
+        "x" * 63 + "\n",
+        "\uff58",  # fullwidth x
         None,
         42,
         b"hello",
@@ -65,6 +76,17 @@ def test_accepted_ids(good_id: str) -> None:
         "dot",
         "non-ascii",
         "dash-first",
+        "trailing-newline",
+        "trailing-crlf",
+        "nul",
+        "slash",
+        "dot-dot-slash",
+        "double-quote",
+        "single-quote",
+        "tab",
+        "escape-sequence",
+        "63-plus-newline",
+        "fullwidth-x",
         "none",
         "int",
         "bytes",
@@ -189,7 +211,9 @@ def test_capability_may_map_to_another_method() -> None:
     assert not Capability("custom_thing").is_well_known
 
 
-@pytest.mark.parametrize("bad_name", ["", "Scan", "scan-files", "2scan", "_scan", "s" * 64, "scan files", None, 3])
+@pytest.mark.parametrize(
+    "bad_name", ["", "Scan", "scan-files", "2scan", "_scan", "s" * 64, "scan files", "scan\n", None, 3]
+)
 def test_rejected_capability_names_name_the_capabilities_field(bad_name: object) -> None:
     with pytest.raises(InvalidPluginError, match=r"capability name .* is invalid") as caught:
         Capability(bad_name)  # type: ignore[arg-type]
@@ -275,3 +299,15 @@ def test_capabilities_cannot_be_changed() -> None:
         caps["connect"] = Capability("connect")  # type: ignore[index]
     with pytest.raises(AttributeError):
         caps.extra = 1  # type: ignore[attr-defined]
+
+
+def test_the_id_rule_is_one_rule_with_a_bool_form() -> None:
+    from plugin_pool.model import is_valid_plugin_id, validate_plugin_id
+
+    for value in ("ok", "x" * 63):
+        assert is_valid_plugin_id(value) and validate_plugin_id(value) == value
+    for value in ("x\n", "x" * 64, "a/b", None):
+        assert not is_valid_plugin_id(value)
+        with pytest.raises(InvalidPluginError) as caught:
+            validate_plugin_id(value, field_name="plugin.id")
+        assert caught.value.field == "plugin.id"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hostile import filesystem, network, processes, resources
+from hostile import filesystem, neighbours, network, processes, resources
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,13 @@ class Context:
     spec: Any
     report: Any
     lock_sockets: Callable[[], Any]
+    result_fd: int = -1
+    """The pipe results go to: an action may write an early JSON line of its own (a ``stage`` of its own)."""
 
 
 Action = Callable[[Any, Context], dict[str, Any]]
 
 ACTIONS: dict[str, Action] = {}
-for _module in (filesystem, network, processes, resources):
+for _module in (filesystem, neighbours, network, processes, resources):
     for _name in _module.__all__:
         ACTIONS[_name] = getattr(_module, _name)

@@ -47,6 +47,7 @@ def main() -> int:
     extra = [threading.Thread(target=release.wait, args=(10,), daemon=True) for _ in range(config.get("threads", 0))]
     for thread in extra:
         thread.start()
+    host_pid = _confine.get_host_pid()  # before a private root replaces /proc
     try:
         report = _confine.confine_self(spec, parent_pid=os.getppid())
     except _confine.ConfinementError as exc:
@@ -55,9 +56,11 @@ def main() -> int:
         return 3
     if config.get("lock_sockets"):
         report = _confine.lock_sockets(spec, report)
-    _write(result_fd, {"stage": "confined", "pid": os.getpid(), "report": report.to_dict()})
+    _write(result_fd, {"stage": "confined", "pid": os.getpid(), "host_pid": host_pid, "report": report.to_dict()})
 
-    ctx = Context(spec=spec, report=report, lock_sockets=lambda: _confine.lock_sockets(spec, report))
+    ctx = Context(
+        spec=spec, report=report, lock_sockets=lambda: _confine.lock_sockets(spec, report), result_fd=result_fd
+    )
     try:
         result = action(config.get("arg"), ctx)
     except BaseException as exc:  # report anything, even MemoryError or SystemExit, as data

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from typing import Any
 
-__all__ = ["list_dir", "read_file", "write_big_file", "write_file", "write_temp"]
+__all__ = ["list_dir", "make_node", "read_file", "write_big_file", "write_file", "write_temp"]
 
 
 def read_file(arg: Any, ctx: Any) -> dict[str, Any]:
@@ -47,3 +48,10 @@ def write_big_file(arg: Any, ctx: Any) -> dict[str, Any]:
         for _ in range(int(arg)):
             written += handle.write(chunk)
     return {"written": written}
+
+
+def make_node(arg: Any, ctx: Any) -> dict[str, Any]:
+    """arg: [path, "socket" | "fifo"]: mknod one node (a socket node needs no privilege)."""
+    path, kind = str(arg[0]), str(arg[1])
+    os.mknod(path, 0o600 | (stat.S_IFSOCK if kind == "socket" else stat.S_IFIFO))
+    return {"made": path}

@@ -26,6 +26,11 @@ _RESULTS = {
     "huge_int": lambda: 2**70,
     "lone_surrogate": lambda: "\ud800",
     "circular": _circular,
+    "nan": lambda: {"score": float("nan")},
+    "inf_nested": lambda: {"findings": [{"weight": 1.0}, {"weight": float("-inf")}]},
+    # Larger than the reply limit but well within the worker's memory: refused before it is encoded.
+    "huge_string": lambda: "x" * (20 * 1024 * 1024),
+    "huge_nested": lambda: {"report": "x" * (20 * 1024 * 1024)},
 }
 
 
