@@ -241,7 +241,9 @@ class PluginHost:
         self._owns_registry = registry is None
         # Without a registry passed in, the host opens the one [registry] names (in-memory by default) and
         # closes it with itself.
-        self.registry: PluginRegistry = registry if registry is not None else open_registry(self.config.registry)
+        self.registry: PluginRegistry = (
+            registry if registry is not None else open_registry(self.config.registry, self.config.host)
+        )
         # The actor of the host's own audit events: its configured identity and the OS user it runs as.
         self._actor = f"{self.config.host.actor}/{os_user()}"
         self._acting: str | None = None
@@ -264,7 +266,7 @@ class PluginHost:
         self.metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
         """The Prometheus registry the host's metrics are on (plugin_pool.metrics); a private one unless the
         caller passed one. The library serves nothing: expose it as the application does its own."""
-        self._metrics = HostMetrics(self.metrics_registry, self._list_metric_samples)
+        self._metrics = HostMetrics(self.metrics_registry, self._list_metric_samples, self.registry.get_stats)
         # One thread of the host's own, in order, for work that must not hold up the thread that asks for
         # it: an operator's disable/enable (the registry calls back in its listener thread, which must not
         # block) and the audit of worker replacements (the sandbox supervisor thread must never wait for a
@@ -1230,9 +1232,10 @@ class PluginHost:
         if change.kind != "enabled" or change.plugin_id not in self._slots:
             return
         try:
-            self._background.submit(self._apply_enabled, change)
+            applied = self._background.submit(self._apply_enabled, change)
         except RuntimeError:  # the host is closing
             return
+        applied.add_done_callback(lambda _: self.registry.acknowledge(change))  # the operator may wait for it
 
     def _apply_enabled(self, change: RegistryChange) -> None:
         """Stop a plugin an operator disabled (and keep it stopped); start it again when enabled."""

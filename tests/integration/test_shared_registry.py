@@ -86,8 +86,11 @@ def test_an_operators_disable_stops_the_plugin_on_every_host_and_enable_starts_i
     for host in (first, second):
         wait_for(lambda h=host: h.is_active("scanner"))  # type: ignore[misc]
         assert host.invoke("scanner", "scan", 2) == {"seen": 2}
+    assert operator.wait_for_acknowledgements("scanner", timeout_s=10).complete  # written after the moves
     stops = [e for e in operator.list_events(plugin_id="scanner") if e.event is EventKind.STOPPING]
     assert {e.actor for e in stops} == {OPERATOR}  # each host audits the stop as the operator's
+    assert sorted(e.host for e in stops) == sorted([first.registry.host_id, second.registry.host_id])
+    assert {e.details["reason"] for e in stops} == {f"disabled by {OPERATOR}: CVE-2026-1234"}
     kinds = [e.event for e in operator.list_events(plugin_id="scanner")]
     assert kinds.count(EventKind.DISABLED) == kinds.count(EventKind.ENABLED) == 1
 
@@ -125,8 +128,14 @@ def test_a_host_cut_off_from_the_database_learns_of_a_disable_when_it_reconnects
     proxy.restore()
 
     wait_for(lambda: host.get_plugin_health("scanner").state is S.STOPPED)
-    assert host.get_plugin_health("scanner").reason == (
-        "disabled by registry: changed while this instance was not listening"
+    # Learnt late, after the reconnect, but with who and why all the same.
+    assert host.get_plugin_health("scanner").reason == f"disabled by {OPERATOR}: while you were away"
+    assert operator.wait_for_acknowledgements("scanner", timeout_s=10).complete
+    stop = operator.list_events(plugin_id="scanner", event=EventKind.STOPPING)[-1]
+    assert (stop.actor, stop.host, stop.details["reason"]) == (
+        OPERATOR,
+        host.registry.host_id,
+        f"disabled by {OPERATOR}: while you were away",
     )
 
 
@@ -159,11 +168,11 @@ def test_a_host_whose_database_is_down_at_start_runs_offline_and_syncs_later(
         host.add_plugin(Scanner())
         assert host.start_plugin("scanner") is S.ACTIVE
         assert host.invoke("scanner", "scan", 7) == {"seen": 7}
-        assert (registry.is_available, registry.pending_writes) == (False, 4)  # register + 3 moves
+        assert (registry.is_available, registry.pending_writes) == (False, 5)  # joining, registering, 3 moves
         assert direct.list_plugins() == []
 
         proxy.restore()
-        wait_for(lambda: registry.pending_writes == 0)
+        assert registry.flush(timeout_s=20)
         assert (registry.dropped_writes, registry.conflicted_writes) == (0, 0)
         assert direct.get_plugin("scanner").status is S.ACTIVE
         assert [e.event.value for e in direct.list_events(plugin_id="scanner")] == [

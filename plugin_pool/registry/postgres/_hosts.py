@@ -1,0 +1,92 @@
+"""This host in the fleet: its identity and its row in ``hosts`` (join, heartbeat, leave, pruning of hosts long
+gone), and the SQL parameters of its own instance moves.
+
+A host joins with a token new to this start: a host restarted under a fixed ``[host] id`` replaces its earlier
+run (whose instances and acknowledgements are forgotten: none of that runs any more), unless that earlier run
+is still live elsewhere, which is refused with an error naming it. Each heartbeat moves ``heartbeat_at``
+(database time, so hosts' clocks never matter); a host that misses ``missed_heartbeats`` of them is shown lost.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from plugin_pool.errors import RegistryError
+
+__all__ = ["HostIdentity"]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(slots=True)
+class HostIdentity:
+    """Who this registry instance records for, and the SQL that keeps its ``hosts`` row. Thread-safe: its
+    fields never change after construction and each method runs on the connection it is given."""
+
+    id: str
+    heartbeat_s: float
+    missed_heartbeats: int
+    retention_s: float
+    token: str = field(default_factory=lambda: str(uuid.uuid4()))
+    hostname: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+    @property
+    def lost_after_s(self) -> float:
+        """How long without a heartbeat before others show this host lost."""
+        return self.heartbeat_s * self.missed_heartbeats
+
+    def join(self, conn: psycopg.Connection[Any], q: dict[str, sql.Composed]) -> None:
+        """Insert or take over this host's row (one transaction). Raises RegistryError when another run of this
+        id is live (on another machine, or a process of this one that still exists)."""
+        with conn.transaction():
+            row = conn.execute(q["lock_host"], [self.id]).fetchone()
+            if row is not None and str(row[0]) != self.token:
+                _, hostname, pid, liveness, age_s, lost_after_s = row
+                if liveness == "live" and (hostname != self.hostname or _pid_alive(pid)):
+                    raise RegistryError(
+                        f"host id {self.id!r} is in use by a live host (pid {pid} on {hostname}, last heartbeat "
+                        f"{float(age_s):.1f} s ago): give each host its own [host] id, or wait "
+                        f"{max(float(lost_after_s) - float(age_s), 0):.0f} s for that host to be shown lost"
+                    )
+                conn.execute(q["forget_host_run"], {"host": self.id})
+            conn.execute(
+                q["join_host"],
+                {
+                    "host": self.id,
+                    "token": self.token,
+                    "hostname": self.hostname[:255],
+                    "pid": self.pid,
+                    "heartbeat_s": self.heartbeat_s,
+                    "lost_after_s": self.lost_after_s,
+                },
+            )
+
+    def beat(self, conn: psycopg.Connection[Any], q: dict[str, sql.Composed]) -> None:
+        """Write a heartbeat; join again when the row is gone (pruned while this host was cut off) or closed."""
+        if conn.execute(q["heartbeat"], [self.id, self.token]).rowcount == 0:
+            self.join(conn, q)
+
+    def leave(self, conn: psycopg.Connection[Any], q: dict[str, sql.Composed]) -> None:
+        """Mark this host gone and drop its instances (its plugins stopped with it)."""
+        conn.execute(q["leave_host"], {"host": self.id, "token": self.token})
+
+    def prune(self, conn: psycopg.Connection[Any], q: dict[str, sql.Composed]) -> int:
+        """Delete hosts closed or silent for longer than ``retention_s`` (their instances and acknowledgements
+        go with them); return how many."""
+        return conn.execute(q["prune_hosts"], {"host": self.id, "retention_s": self.retention_s}).rowcount

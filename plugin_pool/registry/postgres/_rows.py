@@ -1,0 +1,86 @@
+"""Rows to records: what the queries of _sql.py return, as the registry's frozen records. Pure."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from plugin_pool.lifecycle import PluginState
+from plugin_pool.model import TrustLevel
+from plugin_pool.registry.base import AuditEvent, EventKind, PluginRecord
+from plugin_pool.registry.fleet import FleetStatus, HostLiveness, HostRecord, InstanceRecord
+
+__all__ = ["audit_event", "host_record", "instance_record", "plugin_record"]
+
+S = PluginState
+_COUNTED = (S.DISCOVERED, S.LOADING, S.INITIALIZING, S.ACTIVE, S.STOPPING, S.STOPPED, S.FAILED)
+"""The order of the n_* columns of the plugins view (see _sql.PLUGIN_COLUMNS)."""
+
+
+def plugin_record(row: tuple[Any, ...]) -> PluginRecord:
+    """A row of the ``plugins`` view (PLUGIN_COLUMNS)."""
+    counts = {state: n for state, n in zip(_COUNTED, row[12:19], strict=True) if n}
+    fleet = FleetStatus(
+        by_state=MappingProxyType(counts),
+        lost=row[19],
+        failed_on=tuple(zip(row[20], row[21], strict=True)),
+    )
+    return PluginRecord(
+        id=row[0],
+        name=row[1],
+        trust_level=TrustLevel(row[2]),
+        status=PluginState(row[3]),
+        status_reason=row[4],
+        config=MappingProxyType(row[5]),
+        registered_at=row[6],
+        updated_at=row[7],
+        enabled=row[8],
+        enabled_seq=row[9],
+        enabled_by=row[10],
+        enabled_reason=row[11],
+        fleet=fleet,
+    )
+
+
+def audit_event(row: tuple[Any, ...]) -> AuditEvent:
+    """A row of ``audit_events`` (EVENT_COLUMNS)."""
+    return AuditEvent(
+        id=row[0],
+        plugin_id=row[1],
+        event=EventKind(row[2]),
+        state=PluginState(row[3]) if row[3] is not None else None,
+        actor=row[4],
+        at=row[5],
+        details=MappingProxyType(row[6]),
+        uid=str(row[7]) if row[7] is not None else "",
+        host=row[8],
+    )
+
+
+def instance_record(row: tuple[Any, ...]) -> InstanceRecord:
+    """A row of ``plugin_instances`` joined with its host's liveness (INSTANCE_COLUMNS)."""
+    return InstanceRecord(
+        plugin_id=row[0],
+        host_id=row[1],
+        version=row[2],
+        state=PluginState(row[3]),
+        reason=row[4],
+        started_at=row[5],
+        updated_at=row[6],
+        host_liveness=HostLiveness(row[7]),
+    )
+
+
+def host_record(row: tuple[Any, ...]) -> HostRecord:
+    """A row of the ``host_status`` view (HOST_COLUMNS)."""
+    return HostRecord(
+        id=row[0],
+        hostname=row[1],
+        pid=row[2],
+        started_at=row[3],
+        heartbeat_at=row[4],
+        heartbeat_s=row[5],
+        lost_after_s=row[6],
+        closed_at=row[7],
+        liveness=HostLiveness(row[8]),
+    )
