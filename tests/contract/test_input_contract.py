@@ -122,7 +122,7 @@ def test_bad_actors_are_refused_everywhere(registry: PluginRegistry, actor: Any)
 @pytest.mark.parametrize("reason", [NUL, SURROGATE], ids=["nul", "surrogate"])
 def test_an_operators_reason_that_cannot_be_stored_is_refused(registry: PluginRegistry, reason: str) -> None:
     register(registry)
-    with pytest.raises(RegistryError, match="reason .* is invalid.*give the reason as UTF-8 text"):
+    with pytest.raises(RegistryError, match=r"reason .* is invalid.*give the reason as UTF-8 text"):
         registry.set_enabled("scanner", False, actor="ops/alice", reason=reason)
     assert registry.get_plugin("scanner").enabled is True
 
@@ -176,7 +176,7 @@ def test_an_audit_event_naming_an_impossible_plugin_id_is_refused(registry: Plug
 def test_an_invalid_host_id_is_refused(
     registry: PluginRegistry, other_host: Callable[[str], PluginRegistry], host_id: str
 ) -> None:
-    with pytest.raises(RegistryError, match="host id .* is invalid"):
+    with pytest.raises(RegistryError, match=r"host id .* is invalid"):
         other_host(host_id)
 
 

@@ -8,6 +8,7 @@ Each test works in its own schema; outages use the TCP proxy of conftest.py (cut
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -223,3 +224,67 @@ def test_the_cli_refuses_to_disable_without_a_shared_registry(monkeypatch: pytes
     err = io.StringIO()
     assert main(["--log-format", "none", "registry", "disable", "scanner"], out=io.StringIO(), err=err) != 0
     assert "registry disable needs the shared PostgreSQL registry: pass --dsn" in err.getvalue()
+
+
+def test_the_cli_refuses_a_reason_that_is_not_utf8(hosts: Callable[..., PluginHost], server: str, schema: str) -> None:
+    hosts()
+    # What Python makes of `--reason $'\xff'` (surrogateescape): not text PostgreSQL can store.
+    err = io.StringIO()
+    code = main(
+        [
+            "--log-format",
+            "none",
+            "registry",
+            "disable",
+            "scanner",
+            "--dsn",
+            server,
+            "--schema",
+            schema,
+            "--reason",
+            "\udcff",
+        ],
+        out=io.StringIO(),
+        err=err,
+    )
+    assert code == 1
+    assert err.getvalue().count("\n") == 1
+    assert "reason '\\udcff' is invalid: it is not valid UTF-8 text" in err.getvalue()
+    with PostgresPluginRegistry(server, schema=schema) as reader:
+        assert reader.get_plugin("scanner").enabled is True
+
+
+def test_status_pages_through_every_plugin_and_stops_at_a_limit(
+    open_registry: Callable[..., PostgresPluginRegistry], server: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plugin_pool._cli_registry as cli_registry
+
+    host = open_registry(host_id="pager", join=True)
+    ids = [f"p{n:03d}" for n in range(23)]
+    for plugin_id in ids:
+        host.register(
+            PluginInfo(id=plugin_id, name=plugin_id, version="1", trust_level="trusted"), Capabilities(), actor="t"
+        )
+        host.set_status(plugin_id, S.LOADING, expected=None, actor="t")
+    assert host.flush(timeout_s=10)
+    monkeypatch.setattr(cli_registry, "_PAGE", 5)  # pages of 5: the listing is assembled from many queries
+    where = ["--log-format", "none", "status", "--dsn", server, "--schema", schema]
+
+    out = io.StringIO()
+    assert main([*where, "--json"], out=out) == 0
+    document = json.loads(out.getvalue())
+    assert [p["plugin_id"] for p in document["plugins"]] == ids
+    assert {p["state"] for p in document["plugins"]} == {"loading"}
+    assert document["next_after"] is None
+
+    out = io.StringIO()
+    assert main([*where, "--limit", "7", "--after", "p010"], out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert [line.split()[0] for line in lines[2:-1]] == ids[11:18]
+    assert lines[-1] == "(more: --after p017)"
+
+    out = io.StringIO()
+    assert main([*where, "--hosts", "--json", "--limit", "3"], out=out) == 0
+    document = json.loads(out.getvalue())
+    assert [(i["plugin_id"], i["host_id"]) for i in document["instances"]] == [(p, "pager") for p in ids[:3]]
+    assert document["next_after"] == "p002"
