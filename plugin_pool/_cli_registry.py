@@ -279,8 +279,17 @@ def _instance_rows(instances: Sequence[InstanceRecord]) -> list[tuple[str, ...]]
     return rows
 
 
+def _shown(text: str) -> str:
+    """``text`` safe for a terminal: a reason may quote a plugin's error message, control characters and
+    undecodable bytes included; those are written as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode() for c in text)
+
+
 def _print_rows(out: TextIO, rows: Sequence[tuple[str, ...]]) -> None:
     """Columns padded to their widest cell; the last column is free text."""
+    rows = [tuple(_shown(cell) for cell in row) for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))

@@ -9,9 +9,11 @@ Two kinds of input, two policies:
   undecodable bytes, such as a non-UTF-8 command-line argument); JSON may not be nested deeper than
   :data:`JSON_MAX_DEPTH`, be larger than its byte limit, hold NaN or infinities, or have non-string keys.
 - **Free text the host records about what happened** (a move's reason, an audit event's details) may quote a
-  plugin's own error message or a file name from a plugin folder. A plugin must not be able to make an audit
-  write fail, so such text is stored with NUL and unpaired surrogates replaced by U+FFFD and non-finite
-  numbers written as strings; only its shape (depth, size, key types) is refused.
+  plugin's own error message, a capability name a caller invented or a file name from a plugin folder. A
+  plugin must not be able to make an audit write fail, nor to blur the trail, so such text is kept exactly
+  (non-finite numbers become strings); only its shape (depth, size, key types) is refused. A store that
+  cannot hold NUL or unpaired surrogates (PostgreSQL) keeps it in :func:`to_storable` form and reads it
+  back with :func:`from_storable`, so every backend gives back exactly what was recorded.
 
 The in-memory backend applies exactly these checks, so it cannot accept what PostgreSQL would refuse; the
 contract suite (tests/contract) feeds every bad input to both. Pure functions, safe to call from any thread.
@@ -58,7 +60,10 @@ __all__ = [
     "check_state",
     "check_trust_level",
     "check_version",
-    "clean_text",
+    "details_from_storable",
+    "details_to_storable",
+    "from_storable",
+    "to_storable",
 ]
 
 ACTOR_MAX_LEN = 200
@@ -93,11 +98,61 @@ def _text_problem(value: str) -> str | None:
     return None
 
 
-def clean_text(value: str) -> str:
-    """``value`` with NUL and unpaired surrogates replaced by U+FFFD (free text a plugin may have written)."""
-    if _text_problem(value) is None:
+_ESCAPE = "\ue000"  # a private-use character: never in text a host records, escaped itself when it is
+
+
+def _needs_escape(c: str) -> bool:
+    return c == "\x00" or c == _ESCAPE or "\ud800" <= c <= "\udfff"
+
+
+def to_storable(value: str) -> str:
+    """``value`` with NUL, unpaired surrogates and U+E000 written as U+E000 plus four hex digits: text any
+    PostgreSQL text or jsonb column stores, unchanged when it has none of them (nearly always). Pure."""
+    if _text_problem(value) is None and _ESCAPE not in value:
         return value
-    return "".join(_REPLACEMENT if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in value)
+    return "".join(f"{_ESCAPE}{ord(c):04x}" if _needs_escape(c) else c for c in value)
+
+
+def from_storable(value: str) -> str:
+    """The inverse of :func:`to_storable`. Pure."""
+    if _ESCAPE not in value:
+        return value
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == _ESCAPE and i + 5 <= len(value):
+            try:
+                out.append(chr(int(value[i + 1 : i + 5], 16)))
+                i += 5
+                continue
+            except ValueError:
+                pass
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _map_strings(value: Any, convert: Any) -> Any:
+    if isinstance(value, str):
+        return convert(value)
+    if isinstance(value, Mapping):
+        return {convert(k): _map_strings(v, convert) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_map_strings(v, convert) for v in value]
+    return value
+
+
+def details_to_storable(details: Mapping[str, Any]) -> dict[str, Any]:
+    """Checked event details (see check_details) with every string and key in :func:`to_storable` form."""
+    result: dict[str, Any] = _map_strings(details, to_storable)
+    return result
+
+
+def details_from_storable(details: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`details_to_storable`."""
+    result: dict[str, Any] = _map_strings(details, from_storable)
+    return result
 
 
 def _check_identifier_text(value: object, what: str, max_len: int, *, plugin_id: str | None = None) -> str:
@@ -202,13 +257,13 @@ def _cut(text: str) -> str:
 
 
 def check_reason(value: object) -> str | None:
-    """Why a host moved a plugin: None, or text cut to REASON_MAX_LEN characters and cleaned (clean_text);
-    raise RegistryError for anything but a string."""
+    """Why a host moved a plugin: None, or the text (kept exactly, see the module's doc) cut to REASON_MAX_LEN
+    characters; raise RegistryError for anything but a string."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise RegistryError(f"reason {value!r:.80} is invalid: expected a string")
-    return _cut(clean_text(value))
+    return _cut(value)
 
 
 def check_operator_reason(value: object, plugin_id: str | None = None) -> str | None:
@@ -241,7 +296,7 @@ def check_limit(value: object, what: str = "limit") -> int | None:
 def _walk_json(value: Any, what: str, *, strict: bool, plugin_id: str | None) -> Any:
     """A plain copy of ``value`` (dicts, lists, str, int, float, bool, None), checked without recursion so
     a 5,000-deep value is refused with a message instead of a RecursionError. ``strict`` refuses text
-    problems and non-finite numbers; otherwise they are cleaned."""
+    problems and non-finite numbers; otherwise text is kept as it is and non-finite numbers become strings."""
 
     def refuse(where: str, problem: str) -> RegistryError:
         return RegistryError(f"{what} is invalid at {where}: {problem}", plugin_id=plugin_id)
@@ -255,7 +310,7 @@ def _walk_json(value: Any, what: str, *, strict: bool, plugin_id: str | None) ->
                 return item
             if strict:
                 raise refuse(where, f"the string {problem}")
-            return clean_text(item)
+            return item
         if isinstance(item, float):
             if math.isfinite(item):
                 return item
@@ -284,12 +339,11 @@ def _walk_json(value: Any, what: str, *, strict: bool, plugin_id: str | None) ->
                 if not isinstance(key, str):
                     raise refuse(where, f"key {key!r:.40} is not a string (JSON object keys are strings)")
                 problem = _text_problem(key)
-                if problem is not None:
-                    if strict:
-                        raise refuse(where, f"a key {problem}")
-                    key = clean_text(key)
+                if problem is not None and strict:
+                    raise refuse(where, f"a key {problem}")
                 copy[key] = None
-                stack.append((child, depth + 1, f"{where}.{key[:40]}" if where != "the top" else key[:40], copy, key))
+                shown = to_storable(key[:40])
+                stack.append((child, depth + 1, f"{where}.{shown}" if where != "the top" else shown, copy, key))
         else:
             for index, child in enumerate(item):
                 stack.append((child, depth + 1, f"{where}[{index}]", copy, index))
@@ -305,7 +359,7 @@ def _check_json(
         raise RegistryError(f"{what} must be a mapping, got {type(value).__name__}", plugin_id=plugin_id)
     plain: dict[str, Any] = _walk_json(value, what, strict=strict, plugin_id=plugin_id)
     try:
-        encoded = orjson.dumps(plain)
+        encoded = orjson.dumps(plain if strict else details_to_storable(plain))
     except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
         raise RegistryError(f"{what} is not valid JSON: {exc}", plugin_id=plugin_id) from None
     if len(encoded) > max_bytes:
@@ -320,8 +374,8 @@ def check_config(value: Mapping[str, Any] | None, what: str, *, plugin_id: str |
 
 
 def check_details(value: Mapping[str, Any] | None, *, plugin_id: str | None = None) -> dict[str, Any]:
-    """A plain copy of audit event details: free text cleaned (clean_text), non-finite numbers as strings;
-    a value of the wrong shape (not JSON, too deep, too large) is refused."""
+    """A plain copy of audit event details: text kept exactly, non-finite numbers as strings; a value of the
+    wrong shape (not JSON, too deep, too large in storable form) is refused."""
     return _check_json(value, "event details", strict=False, max_bytes=DETAILS_MAX_BYTES, plugin_id=plugin_id)
 
 

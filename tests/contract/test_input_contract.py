@@ -127,10 +127,9 @@ def test_an_operators_reason_that_cannot_be_stored_is_refused(registry: PluginRe
     assert registry.get_plugin("scanner").enabled is True
 
 
-def test_free_text_from_a_plugin_is_stored_cleaned_never_refused(registry: PluginRegistry) -> None:
+def test_free_text_from_a_plugin_is_kept_exactly_never_refused(registry: PluginRegistry) -> None:
     register(registry)
-    hostile = f"boom {NUL} {SURROGATE}"
-    clean = "boom a\ufffdb a\ufffdb"
+    hostile = f"boom {NUL} {SURROGATE} \ue000 \ue0000041"  # also what the storable form uses as an escape
     instance = registry.set_status(
         "scanner",
         S.FAILED,
@@ -142,12 +141,14 @@ def test_free_text_from_a_plugin_is_stored_cleaned_never_refused(registry: Plugi
     event = registry.record_event(
         EventKind.HASH_MISMATCH, plugin_id="scanner", actor=ACTOR, details={"changes": [hostile]}
     )
-    assert instance.reason == clean
-    assert dict(event.details) == {"changes": [clean]}
-    assert registry.get_plugin("scanner").status_reason == clean
+    assert instance.reason == hostile
+    assert dict(event.details) == {"changes": [hostile]}
+    record = registry.get_plugin("scanner")
+    assert (record.status_reason, record.fleet.failed_on) == (hostile, ((registry.host_id, hostile),))
+    assert registry.list_instances(plugin_id="scanner")[0].reason == hostile
     stored = registry.list_events(plugin_id="scanner")[-2:]
-    assert dict(stored[0].details) == {"a\ufffdb": [clean, "nan"], "n": "inf", "from": "discovered", "reason": clean}
-    assert dict(stored[1].details) == {"changes": [clean]}
+    assert dict(stored[0].details) == {SURROGATE: [hostile, "nan"], "n": "inf", "from": "discovered", "reason": hostile}
+    assert dict(stored[1].details) == {"changes": [hostile]}
 
 
 @pytest.mark.parametrize(

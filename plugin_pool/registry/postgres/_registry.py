@@ -74,6 +74,8 @@ from plugin_pool.registry.validation import (
     check_state,
     check_trust_level,
     check_version,
+    details_to_storable,
+    to_storable,
 )
 
 __all__ = ["PostgresPluginRegistry"]
@@ -469,7 +471,7 @@ class PostgresPluginRegistry:
     def _register_in(self, conn: Conn, *, values: Mapping[str, Any]) -> PluginRecord:
         plugin_id, version, assembly_hash = values["id"], values["version"], values["hash"]
         with self._sql_errors("register", plugin_id), conn.transaction():
-            params = {**values, "details": Jsonb(values["details"])}
+            params = {**values, "details": Jsonb(details_to_storable(values["details"]))}
             created = conn.execute(self._q["insert_new_plugin"], params).fetchone()
             if created is None:  # known plugin: lock it, so hosts registering it at once take turns
                 locked = conn.execute(self._q["lock_plugin"], [plugin_id]).fetchone()
@@ -578,7 +580,7 @@ class PostgresPluginRegistry:
                 ),
                 "id": plugin_id,
                 "status": status.value,
-                "reason": reason,
+                "reason": to_storable(reason) if reason is not None else None,
                 "version": version,
                 "channel": self.channel,
                 "payload": orjson.dumps(
@@ -644,7 +646,7 @@ class PostgresPluginRegistry:
             ),
             "id": plugin_id,
             "enabled": enabled,
-            "reason": reason,
+            "reason": to_storable(reason) if reason is not None else None,
             "channel": self.channel,
             "payload": orjson.dumps(
                 {"id": plugin_id, "enabled": enabled, "actor": actor, "reason": note, "origin": self._origin}
@@ -701,7 +703,7 @@ class PostgresPluginRegistry:
             "state": state,
             "actor": actor,
             "at": at if at is not None else _utcnow(),
-            "details": Jsonb(dict(details)),
+            "details": Jsonb(details_to_storable(details)),  # NUL and the like are escaped, never lost
         }
 
     # -- acknowledgements ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from plugin_pool.lifecycle import PluginState
 from plugin_pool.model import TrustLevel
 from plugin_pool.registry.base import AuditEvent, EventKind, PluginRecord
 from plugin_pool.registry.fleet import FleetStatus, HostLiveness, HostRecord, InstanceRecord
+from plugin_pool.registry.validation import details_from_storable, from_storable
 
 __all__ = ["audit_event", "host_record", "instance_record", "plugin_record"]
 
@@ -17,27 +18,32 @@ _COUNTED = (S.DISCOVERED, S.LOADING, S.INITIALIZING, S.ACTIVE, S.STOPPING, S.STO
 """The order of the n_* columns of the plugins view (see _sql.PLUGIN_COLUMNS)."""
 
 
+def _text(stored: str | None) -> str | None:
+    """Free text as it was recorded (it is stored in to_storable form)."""
+    return from_storable(stored) if stored is not None else None
+
+
 def plugin_record(row: tuple[Any, ...]) -> PluginRecord:
     """A row of the ``plugins`` view (PLUGIN_COLUMNS)."""
     counts = {state: n for state, n in zip(_COUNTED, row[12:19], strict=True) if n}
     fleet = FleetStatus(
         by_state=MappingProxyType(counts),
         lost=row[19],
-        failed_on=tuple(zip(row[20], row[21], strict=True)),
+        failed_on=tuple((host, _text(reason)) for host, reason in zip(row[20], row[21], strict=True)),
     )
     return PluginRecord(
         id=row[0],
         name=row[1],
         trust_level=TrustLevel(row[2]),
         status=PluginState(row[3]),
-        status_reason=row[4],
+        status_reason=_text(row[4]),
         config=MappingProxyType(row[5]),
         registered_at=row[6],
         updated_at=row[7],
         enabled=row[8],
         enabled_seq=row[9],
         enabled_by=row[10],
-        enabled_reason=row[11],
+        enabled_reason=_text(row[11]),
         fleet=fleet,
     )
 
@@ -51,7 +57,7 @@ def audit_event(row: tuple[Any, ...]) -> AuditEvent:
         state=PluginState(row[3]) if row[3] is not None else None,
         actor=row[4],
         at=row[5],
-        details=MappingProxyType(row[6]),
+        details=MappingProxyType(details_from_storable(row[6])),
         uid=str(row[7]) if row[7] is not None else "",
         host=row[8],
     )
@@ -64,7 +70,7 @@ def instance_record(row: tuple[Any, ...]) -> InstanceRecord:
         host_id=row[1],
         version=row[2],
         state=PluginState(row[3]),
-        reason=row[4],
+        reason=_text(row[4]),
         started_at=row[5],
         updated_at=row[6],
         host_liveness=HostLiveness(row[7]),
