@@ -1,5 +1,6 @@
 """The link thread of one registry instance: LISTEN for other hosts' changes, a heartbeat that is also the
-round trip proving the link alive, and a full re-sync after every (re)connect and every ``resync_s``.
+round trip proving the link alive, and a full re-sync after every (re)connect and every ``resync_s``; and the
+switchboard that decides what of it subscribers are told.
 
 One connection of its own (TCP keepalive and TCP_USER_TIMEOUT on it, every statement under a deadline). A
 connection that waits only for notifications cannot tell a quiet database from a vanished one, so every
@@ -17,12 +18,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 
+from plugin_pool.lifecycle import PluginState
+from plugin_pool.registry.base import RegistryChange, Subscribers
 from plugin_pool.registry.postgres._link import Deadlines, Endpoint, LinkSettings, connect_options, one_line
+from plugin_pool.registry.validation import from_storable
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "Switchboard"]
 
 _log = logging.getLogger("plugin_pool.registry")
 
@@ -164,3 +169,86 @@ class Listener:
         _log.info(
             "registry link to %s:%s is back after %.1f s; re-synced", self._endpoint.host, self._endpoint.port, down_s
         )
+
+
+class Switchboard:
+    """What this registry instance tells its subscribers, once each: operators' switches (by number) and other
+    hosts' moves. A host acknowledges a switch itself when nobody here applies it (a plugin it never
+    registered, or no subscriber); otherwise the subscriber acknowledges once it has applied it (the host's
+    hook). Thread-safe; runs in the link thread."""
+
+    def __init__(
+        self,
+        *,
+        subscribers: Subscribers,
+        origin: str,
+        is_ours: Callable[[str], bool],
+        is_host: Callable[[], bool],
+        acknowledge: Callable[[RegistryChange], None],
+    ) -> None:
+        self.subscribers = subscribers
+        self._origin = origin
+        self._is_ours = is_ours
+        self._is_host = is_host
+        self._acknowledge = acknowledge
+        self._lock = threading.Lock()
+        self._delivered: dict[str, int] = {}  # plugin id -> the last switch number told
+
+    def seen(self, plugin_id: str, seq: int) -> None:
+        """This instance read the plugin with switch ``seq``: only a later switch needs telling."""
+        with self._lock:
+            self._delivered.setdefault(plugin_id, seq)
+
+    def resync(self, rows: list[tuple[Any, ...]]) -> None:
+        """Rows ``(plugin id, enabled, seq, actor, reason)`` of switches this host has not acknowledged (all
+        switches, for an instance that is not a host): told again to a host (it may have missed them), and to
+        anyone else when newer than what it told."""
+        redeliver = self._is_host()
+        for plugin_id, enabled, seq, actor, reason in rows:
+            reason = from_storable(reason) if reason is not None else None
+            change = RegistryChange(plugin_id, "enabled", enabled=enabled, actor=actor, reason=reason, seq=seq)
+            self.consider(change, redeliver=redeliver)
+
+    def dispatch(self, payload: str) -> None:
+        """One notification: a switch, another host's move, or an acknowledgement (for waiters, ignored here)."""
+        try:
+            message = orjson.loads(payload)
+            if "ack" in message:
+                return
+            plugin_id = str(message["id"])
+            if "enabled" in message:
+                enabled, seq = message["enabled"], message["seq"]
+                if not isinstance(enabled, bool) or not isinstance(seq, int):
+                    raise ValueError(enabled)
+                reason = message.get("reason")
+                change = RegistryChange(
+                    plugin_id,
+                    "enabled",
+                    enabled=enabled,
+                    actor=message.get("actor"),
+                    reason=from_storable(reason) if isinstance(reason, str) else None,
+                    seq=seq,
+                )
+                self.consider(change, redeliver=False)
+                return
+            if message.get("origin") == self._origin:
+                return  # this instance's own move
+            change = RegistryChange(
+                plugin_id, "status", status=PluginState(message["status"]), host=message.get("host")
+            )
+        except (orjson.JSONDecodeError, KeyError, ValueError, AttributeError, TypeError):
+            _log.warning("registry listener ignored a malformed notification: %.200r", payload)
+            return
+        self.subscribers.notify(change)
+
+    def consider(self, change: RegistryChange, *, redeliver: bool) -> None:
+        """Tell subscribers of a switch of a plugin of ours, unless already told (``redeliver`` tells again)."""
+        assert change.seq is not None
+        with self._lock:
+            seen = self._delivered.get(change.plugin_id)
+            if seen is not None and seen >= change.seq and not redeliver:
+                return
+            self._delivered[change.plugin_id] = max(seen or 0, change.seq)
+        told = self.subscribers.notify(change) if self._is_ours(change.plugin_id) else 0
+        if self._is_host() and not told:
+            self._acknowledge(change)
