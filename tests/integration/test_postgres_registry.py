@@ -468,3 +468,27 @@ def test_audit_writes_on_the_call_path_never_wait_for_a_silent_database(
         assert registry.flush(timeout_s=60)
     with PostgresPluginRegistry(server, schema=registry.schema) as reader:
         assert len(reader.list_events(event=EventKind.CAPABILITY_DENIED)) == 200
+
+
+def test_a_refused_write_in_a_batch_refuses_only_itself(
+    open_registry: Callable[..., PostgresPluginRegistry], proxy: Proxy, server: str, schema: str
+) -> None:
+    registry = open_registry(proxy.dsn(server), timeout_s=1.0, retry_max_s=0.2)
+    direct = open_registry()
+    registry.register(info("kept"), Capabilities.of("scan"), actor=ACTOR)
+    registry.register(info("doomed"), Capabilities.of("scan"), actor=ACTOR)
+    assert registry.flush(timeout_s=10)
+    proxy.cut()
+    for n in range(5):  # queued together: written as one batch when the database is back
+        registry.record_event(EventKind.CAPABILITY_DENIED, plugin_id="kept", actor=ACTOR, details={"n": n})
+        if n == 2:
+            registry.set_status("doomed", S.LOADING, expected=S.DISCOVERED, actor=ACTOR)
+    with psycopg.connect(server, autocommit=True) as conn:  # meanwhile the plugin goes: its move will be refused
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id = 'doomed'").format(sql.Identifier(schema, "plugin_catalog")))
+
+    proxy.restore()
+    assert registry.flush(timeout_s=20)
+    assert registry.conflicted_writes == 1
+    denials = direct.list_events(plugin_id="kept", event=EventKind.CAPABILITY_DENIED)
+    assert [e.details["n"] for e in denials] == [0, 1, 2, 3, 4]
+    assert direct.list_instances(plugin_id="doomed") == []

@@ -12,6 +12,7 @@ retried: it is counted in ``conflicted`` and logged, or handed to the caller wai
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -30,6 +31,8 @@ __all__ = ["Outbox", "Unreachable", "Write"]
 _log = logging.getLogger("plugin_pool.registry")
 
 Connect = Callable[[], contextlib.AbstractContextManager[psycopg.Connection[Any]]]
+BATCH = 256
+"""Writes nobody waits for, written in one transaction (one commit)."""
 
 
 class Unreachable(Exception):
@@ -206,11 +209,22 @@ class Outbox:
         return self._give_up_at is not None and time.monotonic() >= self._give_up_at
 
     def _drain(self, conn: psycopg.Connection[Any]) -> None:
+        """Write the buffer, in order: runs of writes nobody waits for go in one transaction (one commit for up
+        to BATCH writes, pipelined); a run the database refuses is written again one write at a time (each
+        write is idempotent), so a refusal is the refused write's alone."""
         while True:
             with self._cond:
                 if not self._queue:
                     return
-                write = self._queue[0]
+                batch = list(itertools.islice(self._queue, BATCH))
+            if batch[0].done is not None:
+                batch = batch[:1]  # someone waits for this one's outcome: alone
+            else:
+                batch = list(itertools.takewhile(lambda w: w.done is None, batch))
+            if len(batch) > 1 and self._write_together(conn, batch):
+                self._finish(batch)
+                continue
+            write = batch[0]
             try:
                 with self._deadlines.guard(conn, self._timeout_s, write.describe):
                     write.result = write.run(conn)
@@ -218,18 +232,41 @@ class Outbox:
                 raise  # the link broke: the write stays first in the buffer and is written again
             except Exception as exc:
                 write.error = exc
-            with self._cond:
+            self._finish([write])
+
+    def _write_together(self, conn: psycopg.Connection[Any], batch: list[Write]) -> bool:
+        """Write ``batch`` in one transaction; False (nothing written) when the database refused one of them."""
+        try:
+            with (
+                self._deadlines.guard(conn, self._timeout_s, f"{len(batch)} writes"),
+                conn.transaction(),
+                conn.pipeline(),
+            ):
+                for write in batch:
+                    write.run(conn)
+        except psycopg.OperationalError:
+            raise
+        except Exception as exc:
+            _log.debug("registry: a batch of %d writes was refused (%s); writing them one by one", len(batch), exc)
+            return False
+        return True
+
+    def _finish(self, writes: list[Write]) -> None:
+        refusals = []
+        with self._cond:
+            for write in writes:
                 self._queue.popleft()
                 self._written_seq = write.seq
-                refused = write.error is not None and (write.done is None or write.abandoned)
                 if write.error is None:
                     self.written += 1
-                elif refused:
+                elif write.done is None or write.abandoned:
                     self.conflicted += 1
+                    refusals.append(write)
                 write.finished = True
-                self._cond.notify_all()
-            if refused:
-                _log.error("registry: %s refused by the database, not retried: %s", write.describe, write.error)
+            self._cond.notify_all()
+        for write in refusals:
+            _log.error("registry: %s refused by the database, not retried: %s", write.describe, write.error)
+        for write in writes:
             if write.done is not None:
                 write.done.set()
 
