@@ -20,9 +20,9 @@ from typing import Any, TextIO
 from plugin_pool.config import RegistryConfig, load_config
 from plugin_pool.errors import ConfigError
 from plugin_pool.host import os_user
-from plugin_pool.registry.base import PluginRecord, PluginRegistry
+from plugin_pool.registry.base import PluginRegistry
 from plugin_pool.registry.factory import open_registry
-from plugin_pool.registry.fleet import HostLiveness, HostRecord, InstanceRecord
+from plugin_pool.registry.fleet import HostLiveness, HostRecord, InstanceRecord, PluginStatus
 
 __all__ = ["add_registry_commands", "add_status_arguments", "registry_command", "status_command"]
 
@@ -153,7 +153,7 @@ def status_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             failed = any(r.fleet.failed_on for r in rows)
     more = args.limit is not None and len(rows) > args.limit
     rows = rows[: args.limit] if args.limit is not None else rows
-    next_after = (rows[-1].plugin_id if per_host else rows[-1].id) if more and rows else None
+    next_after = rows[-1].plugin_id if more and rows else None
     if args.json:
         document = {
             "hosts": [_host_json(h) for h in hosts],
@@ -173,7 +173,7 @@ def _wanted(args: argparse.Namespace) -> list[str] | None:
     return sorted(set(args.plugin)) if args.plugin else None
 
 
-def _plugins(registry: PluginRegistry, args: argparse.Namespace) -> Iterator[PluginRecord]:
+def _plugins(registry: PluginRegistry, args: argparse.Namespace) -> Iterator[PluginStatus]:
     """The requested plugins in id order, fetched a page at a time (one more row than --limit, to know
     whether there are more)."""
     budget = None if args.limit is None else args.limit + 1
@@ -184,20 +184,20 @@ def _plugins(registry: PluginRegistry, args: argparse.Namespace) -> Iterator[Plu
                 return
             if args.after is None or plugin_id > args.after:
                 budget = None if budget is None else budget - 1
-                yield registry.get_plugin(plugin_id)
+                yield registry.get_plugin(plugin_id).to_status()
         return
     after = args.after
     while True:
         size = _PAGE if budget is None else min(_PAGE, budget)
         if size <= 0:
             return
-        page = registry.list_plugins(after=after, limit=size)
+        page = registry.list_status(after=after, limit=size)
         yield from page
         if budget is not None:
             budget -= len(page)
         if len(page) < size:
             return
-        after = page[-1].id
+        after = page[-1].plugin_id
 
 
 def _instances(registry: PluginRegistry, args: argparse.Namespace) -> Iterator[InstanceRecord]:
@@ -241,13 +241,13 @@ def _fleet_line(hosts: Sequence[HostRecord]) -> str:
     return line
 
 
-def _plugin_rows(records: Sequence[PluginRecord]) -> list[tuple[str, ...]]:
+def _plugin_rows(records: Sequence[PluginStatus]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [("PLUGIN", "TRUST", "STATUS", "ENABLED", "ACTIVE", "UPDATED", "FLEET")]
     for r in records:
         enabled = "yes" if r.enabled else f"NO ({r.enabled_by}{': ' + r.enabled_reason if r.enabled_reason else ''})"
         rows.append(
             (
-                r.id,
+                r.plugin_id,
                 r.trust_level.value,
                 r.status.value,
                 enabled,
@@ -308,9 +308,9 @@ def _host_json(h: HostRecord) -> dict[str, Any]:
     }
 
 
-def _plugin_json(r: PluginRecord) -> dict[str, Any]:
+def _plugin_json(r: PluginStatus) -> dict[str, Any]:
     return {
-        "plugin_id": r.id,
+        "plugin_id": r.plugin_id,
         "trust_level": r.trust_level.value,
         "state": r.status.value,
         "reason": r.status_reason,

@@ -16,6 +16,7 @@ from plugin_pool.registry.fleet import (
     HostLiveness,
     HostRecord,
     InstanceRecord,
+    PluginStatus,
     RegistryStats,
 )
 from plugin_pool.registry.memory import InMemoryPluginRegistry
@@ -33,6 +34,7 @@ __all__ = [
     "InstanceRecord",
     "PluginRecord",
     "PluginRegistry",
+    "PluginStatus",
     "RegistryChange",
     "RegistryStats",
     "VersionRecord",

@@ -23,6 +23,7 @@ from plugin_pool.registry.fleet import (
     FleetStatus,
     HostRecord,
     InstanceRecord,
+    PluginStatus,
     RegistryStats,
 )
 
@@ -110,6 +111,20 @@ class PluginRecord:
     def is_active(self) -> bool:
         """Whether the plugin is Active on at least one live host."""
         return self.status is PluginState.ACTIVE
+
+    def to_status(self) -> PluginStatus:
+        """The status part of the record (what :meth:`PluginRegistry.list_status` returns)."""
+        return PluginStatus(
+            self.id,
+            self.trust_level,
+            self.status,
+            self.status_reason,
+            self.enabled,
+            self.enabled_by,
+            self.enabled_reason,
+            self.updated_at,
+            self.fleet,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +306,11 @@ class PluginRegistry(Protocol):
     ) -> list[PluginRecord]:
         """Return plugins ordered by id, optionally filtered by trust level and aggregate status; a page of at
         most ``limit`` records whose ids sort after ``after`` (keyset paging)."""
+        ...
+
+    def list_status(self, *, after: str | None = None, limit: int | None = None) -> list[PluginStatus]:
+        """Every plugin's status across the fleet (no configuration: what ``plugin-pool status`` shows),
+        ordered by id; a page of at most ``limit`` after ``after``. One query for any number of plugins."""
         ...
 
     def list_instances(

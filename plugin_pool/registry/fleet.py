@@ -30,6 +30,7 @@ from types import MappingProxyType
 from plugin_pool.config import HOST_ID_MAX_LEN
 from plugin_pool.errors import RegistryConflictError
 from plugin_pool.lifecycle import PluginState
+from plugin_pool.model import TrustLevel
 
 __all__ = [
     "AGGREGATE_ORDER",
@@ -39,6 +40,7 @@ __all__ = [
     "HostLiveness",
     "HostRecord",
     "InstanceRecord",
+    "PluginStatus",
     "RegistryStats",
     "aggregate_state",
     "default_host_id",
@@ -182,6 +184,22 @@ class FleetStatus:
         reason = max(failed, key=lambda i: i.updated_at).reason if state is S.FAILED else None
         failed_on = tuple(sorted((i.host_id, i.reason) for i in failed))
         return cls(by_state=MappingProxyType(counts), lost=lost, failed_on=failed_on), state, reason
+
+
+@dataclass(frozen=True, slots=True)
+class PluginStatus:
+    """One plugin as ``plugin-pool status`` shows it: its aggregate status across the live hosts, the
+    operator's switch, and the fleet behind it (a PluginRecord without configuration and history)."""
+
+    plugin_id: str
+    trust_level: TrustLevel
+    status: PluginState
+    status_reason: str | None
+    enabled: bool
+    enabled_by: str | None
+    enabled_reason: str | None
+    updated_at: datetime
+    fleet: FleetStatus
 
 
 def aggregate_state(by_state: Mapping[PluginState, int]) -> PluginState:

@@ -39,6 +39,7 @@ from plugin_pool.registry.fleet import (
     HostLiveness,
     HostRecord,
     InstanceRecord,
+    PluginStatus,
     RegistryStats,
     default_host_id,
     source_state,
@@ -387,6 +388,10 @@ class InMemoryPluginRegistry:
                 if wanted is None or record.status is wanted:
                     out.append(record)
             return out
+
+    def list_status(self, *, after: str | None = None, limit: int | None = None) -> list[PluginStatus]:
+        """See :meth:`PluginRegistry.list_status`."""
+        return [r.to_status() for r in self.list_plugins(after=after, limit=limit)]
 
     def list_instances(
         self,

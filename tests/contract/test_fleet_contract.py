@@ -60,6 +60,7 @@ def test_each_host_moves_its_own_instance_and_never_conflicts_with_another(
     assert all(i.started_at is not None for i in instances)
     record = second.get_plugin("scanner")
     assert (record.status, record.fleet.active, record.fleet.live) == (S.ACTIVE, 2, 2)
+    assert second.list_status() == [record.to_status()]  # the lean listing says the same
     assert record.fleet.summary() == "active on 2 of 2 live hosts"
     moves = [(e.host, e.event) for e in registry.list_events(plugin_id="scanner", event=EventKind.ACTIVATED)]
     assert sorted(moves) == [("host-a", EventKind.ACTIVATED), ("host-b", EventKind.ACTIVATED)]

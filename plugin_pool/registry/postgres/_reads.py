@@ -15,7 +15,7 @@ from psycopg import sql
 
 from plugin_pool.errors import PluginNotFoundError
 from plugin_pool.registry.base import AuditEvent, CapabilityRecord, EventKind, PluginRecord, VersionRecord, pick_version
-from plugin_pool.registry.fleet import Acknowledgements, HostRecord, InstanceRecord
+from plugin_pool.registry.fleet import Acknowledgements, HostRecord, InstanceRecord, PluginStatus
 from plugin_pool.registry.postgres import _rows, _sql
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "instances",
     "is_active",
     "plugins",
+    "statuses",
     "versions",
     "wait_for_acknowledgements",
 ]
@@ -47,6 +48,11 @@ def _require_plugin(conn: Conn, q: Queries, plugin_id: str) -> None:
 def plugins(conn: Conn, q: Queries, params: Mapping[str, Any]) -> list[PluginRecord]:
     """A page of the ``plugins`` view (trust_level, status, after, limit)."""
     return [_rows.plugin_record(row) for row in conn.execute(q["list_plugins"], params)]
+
+
+def statuses(conn: Conn, q: Queries, params: Mapping[str, Any]) -> list[PluginStatus]:
+    """A page of the ``plugins`` view without configuration (after, limit)."""
+    return [_rows.plugin_status(row) for row in conn.execute(q["list_status"], params)]
 
 
 def instances(conn: Conn, q: Queries, params: Mapping[str, Any]) -> list[InstanceRecord]:

@@ -34,7 +34,14 @@ from plugin_pool.registry.base import (
     Subscribers,
     VersionRecord,
 )
-from plugin_pool.registry.fleet import Acknowledgements, HostRecord, InstanceRecord, RegistryStats, default_host_id
+from plugin_pool.registry.fleet import (
+    Acknowledgements,
+    HostRecord,
+    InstanceRecord,
+    PluginStatus,
+    RegistryStats,
+    default_host_id,
+)
 from plugin_pool.registry.postgres import _reads, _sql
 from plugin_pool.registry.postgres._catalog import predicted_registration, read_plugin, register_in
 from plugin_pool.registry.postgres._database import Conn, Database
@@ -582,6 +589,11 @@ class PostgresPluginRegistry:
         with self._state_lock:
             self._known.update((r.id, r) for r in records)
         return records
+
+    def list_status(self, *, after: str | None = None, limit: int | None = None) -> list[PluginStatus]:
+        """See :meth:`PluginRegistry.list_status`. One query on the ``plugins`` view, without configuration."""
+        params = {"after": str(after) if after is not None else None, "limit": check_limit(limit)}
+        return self._run("list_status", lambda conn: _reads.statuses(conn, self._q, params))
 
     def list_instances(
         self,

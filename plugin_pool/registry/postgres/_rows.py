@@ -8,14 +8,39 @@ from typing import Any
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.model import TrustLevel
 from plugin_pool.registry.base import AuditEvent, EventKind, PluginRecord
-from plugin_pool.registry.fleet import FleetStatus, HostLiveness, HostRecord, InstanceRecord
+from plugin_pool.registry.fleet import FleetStatus, HostLiveness, HostRecord, InstanceRecord, PluginStatus
 from plugin_pool.registry.validation import details_from_storable, from_storable
 
-__all__ = ["audit_event", "host_record", "instance_record", "plugin_record"]
+__all__ = ["audit_event", "host_record", "instance_record", "plugin_record", "plugin_status"]
 
 S = PluginState
 _COUNTED = (S.DISCOVERED, S.LOADING, S.INITIALIZING, S.ACTIVE, S.STOPPING, S.STOPPED, S.FAILED)
 """The order of the n_* columns of the plugins view (see _sql.PLUGIN_COLUMNS)."""
+_TRUST = {level.value: level for level in TrustLevel}  # a dict lookup costs a tenth of an Enum call
+_STATE = {state.value: state for state in PluginState}
+
+
+def _fleet(counts: tuple[Any, ...], lost: int, failed: tuple[tuple[str, str | None], ...]) -> FleetStatus:
+    return FleetStatus(
+        by_state=MappingProxyType({state: n for state, n in zip(_COUNTED, counts, strict=True) if n}),
+        lost=lost,
+        failed_on=failed,
+    )
+
+
+def plugin_status(row: tuple[Any, ...]) -> PluginStatus:
+    """A row of the ``plugins`` view (STATUS_COLUMNS): the lean record of ``status`` listings."""
+    return PluginStatus(
+        row[0],
+        _TRUST[row[1]],
+        _STATE[row[2]],
+        _text(row[3]),
+        row[4],
+        row[5],
+        _text(row[6]),
+        row[7],
+        _fleet(row[8:15], row[15], _failed(row[16], row[17])),
+    )
 
 
 def _text(stored: str | None) -> str | None:
@@ -23,14 +48,15 @@ def _text(stored: str | None) -> str | None:
     return from_storable(stored) if stored is not None else None
 
 
+def _failed(hosts: list[str] | None, reasons: list[str | None] | None) -> tuple[tuple[str, str | None], ...]:
+    if not hosts or reasons is None:
+        return ()
+    return tuple((host, _text(reason)) for host, reason in zip(hosts, reasons, strict=True))
+
+
 def plugin_record(row: tuple[Any, ...]) -> PluginRecord:
     """A row of the ``plugins`` view (PLUGIN_COLUMNS)."""
-    counts = {state: n for state, n in zip(_COUNTED, row[12:19], strict=True) if n}
-    fleet = FleetStatus(
-        by_state=MappingProxyType(counts),
-        lost=row[19],
-        failed_on=tuple((host, _text(reason)) for host, reason in zip(row[20], row[21], strict=True)),
-    )
+    fleet = _fleet(row[12:19], row[19], _failed(row[20], row[21]))
     return PluginRecord(
         id=row[0],
         name=row[1],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-__all__ = ["EVENT_COLUMNS", "INSTANCE_COLUMNS", "PLUGIN_COLUMNS", "build_queries"]
+__all__ = ["EVENT_COLUMNS", "INSTANCE_COLUMNS", "PLUGIN_COLUMNS", "STATUS_COLUMNS", "build_queries", "events_query"]
 
 PLUGIN_COLUMNS = (
     "id, name, trust_level, status, status_reason, config_json, registered_at, updated_at, enabled, enabled_seq, "
@@ -13,6 +13,12 @@ PLUGIN_COLUMNS = (
     "n_failed, lost_instances, failed_on, failed_reasons"
 )
 """What plugin_record() reads, from the ``plugins`` view (its status is the fleet aggregate)."""
+
+STATUS_COLUMNS = (
+    "id, trust_level, status, status_reason, enabled, enabled_by, enabled_reason, updated_at, n_discovered, "
+    "n_loading, n_initializing, n_active, n_stopping, n_stopped, n_failed, lost_instances, failed_on, failed_reasons"
+)
+"""What plugin_status() reads: the status part of a row of the ``plugins`` view (no configuration)."""
 
 INSTANCE_COLUMNS = "i.plugin_id, i.host_id, i.version, i.state, i.reason, i.started_at, i.updated_at, h.liveness"
 EVENT_COLUMNS = "id, plugin_id, event, state, actor, at, details, uid, host_id"
@@ -53,6 +59,11 @@ _TEMPLATES: dict[str, str] = {
         WHERE (%(trust_level)s::text IS NULL OR trust_level = %(trust_level)s)
           AND (%(status)s::text IS NULL OR status = %(status)s)
           AND (%(after)s::text IS NULL OR id > %(after)s)
+        ORDER BY id
+        LIMIT %(limit)s""",
+    "list_status": f"""
+        SELECT {STATUS_COLUMNS} FROM {{plugins}}
+        WHERE (%(after)s::text IS NULL OR id > %(after)s)
         ORDER BY id
         LIMIT %(limit)s""",
     "plugin_exists": "SELECT 1 FROM {catalog} WHERE id = %s",
