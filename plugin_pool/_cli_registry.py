@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -25,9 +25,6 @@ from plugin_pool.registry.factory import open_registry
 from plugin_pool.registry.fleet import HostLiveness, HostRecord, InstanceRecord, PluginStatus
 
 __all__ = ["add_registry_commands", "add_status_arguments", "registry_command", "status_command"]
-
-_PAGE = 1000
-"""Rows fetched per query when listing: memory stays flat for any number of plugins."""
 
 
 def add_status_arguments(cmd: argparse.ArgumentParser) -> None:
@@ -173,52 +170,27 @@ def _wanted(args: argparse.Namespace) -> list[str] | None:
     return sorted(set(args.plugin)) if args.plugin else None
 
 
-def _plugins(registry: PluginRegistry, args: argparse.Namespace) -> Iterator[PluginStatus]:
-    """The requested plugins in id order, fetched a page at a time (one more row than --limit, to know
-    whether there are more)."""
+def _plugins(registry: PluginRegistry, args: argparse.Namespace) -> list[PluginStatus]:
+    """The requested plugins in id order, in one query (one more row than --limit, to know whether there are
+    more): the fleet view costs one pass over the catalog however many rows it returns."""
     budget = None if args.limit is None else args.limit + 1
     wanted = _wanted(args)
-    if wanted is not None:
-        for plugin_id in wanted:
-            if budget is not None and budget <= 0:
-                return
-            if args.after is None or plugin_id > args.after:
-                budget = None if budget is None else budget - 1
-                yield registry.get_plugin(plugin_id).to_status()
-        return
-    after = args.after
-    while True:
-        size = _PAGE if budget is None else min(_PAGE, budget)
-        if size <= 0:
-            return
-        page = registry.list_status(after=after, limit=size)
-        yield from page
-        if budget is not None:
-            budget -= len(page)
-        if len(page) < size:
-            return
-        after = page[-1].plugin_id
+    if wanted is None:
+        return registry.list_status(after=args.after, limit=budget)
+    chosen = [registry.get_plugin(p).to_status() for p in wanted if args.after is None or p > args.after]
+    return chosen if budget is None else chosen[:budget]
 
 
-def _instances(registry: PluginRegistry, args: argparse.Namespace) -> Iterator[InstanceRecord]:
+def _instances(registry: PluginRegistry, args: argparse.Namespace) -> list[InstanceRecord]:
+    """The requested instances in (plugin, host) order, one query per host asked for."""
     budget = None if args.limit is None else args.limit + 1
     wanted = _wanted(args)
-    hosts = args.host or [None]
-    for host_id in hosts:
-        after = (args.after, "") if args.after is not None else None
-        while True:
-            size = _PAGE if budget is None else min(_PAGE, budget)
-            if size <= 0:
-                return
-            page = registry.list_instances(host_id=host_id, after=after, limit=size)
-            for instance in page:
-                if wanted is None or instance.plugin_id in wanted:
-                    if budget is not None:
-                        budget -= 1
-                    yield instance
-            if len(page) < size:
-                break
-            after = (page[-1].plugin_id, page[-1].host_id)
+    after = (args.after, "") if args.after is not None else None
+    found: list[InstanceRecord] = []
+    for host_id in args.host or [None]:
+        rows = registry.list_instances(host_id=host_id, after=after, limit=None if wanted else budget)
+        found += [i for i in rows if wanted is None or i.plugin_id in wanted]
+    return found if budget is None else found[:budget]
 
 
 def _ago(at: datetime | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from types import MappingProxyType
 from typing import Any
 
@@ -21,11 +22,22 @@ _STATE = {state.value: state for state in PluginState}
 
 
 def _fleet(counts: tuple[Any, ...], lost: int, failed: tuple[tuple[str, str | None], ...]) -> FleetStatus:
+    if failed:
+        return _new_fleet(counts, lost, failed)
+    return _shared_fleet(counts, lost)  # most plugins of a fleet stand alike: one immutable record for them
+
+
+def _new_fleet(counts: tuple[Any, ...], lost: int, failed: tuple[tuple[str, str | None], ...]) -> FleetStatus:
     return FleetStatus(
         by_state=MappingProxyType({state: n for state, n in zip(_COUNTED, counts, strict=True) if n}),
         lost=lost,
         failed_on=failed,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_fleet(counts: tuple[Any, ...], lost: int) -> FleetStatus:
+    return _new_fleet(counts, lost, ())
 
 
 def plugin_status(row: tuple[Any, ...]) -> PluginStatus:
@@ -45,7 +57,7 @@ def plugin_status(row: tuple[Any, ...]) -> PluginStatus:
 
 def _text(stored: str | None) -> str | None:
     """Free text as it was recorded (it is stored in to_storable form)."""
-    return from_storable(stored) if stored is not None else None
+    return stored if stored is None else from_storable(stored)
 
 
 def _failed(hosts: list[str] | None, reasons: list[str | None] | None) -> tuple[tuple[str, str | None], ...]:
