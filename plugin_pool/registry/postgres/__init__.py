@@ -22,10 +22,13 @@ from plugin_pool.registry.postgres._schema import (
     DEFAULT_SCHEMA,
     READONLY_GRANTS,
     ROLE_KINDS,
+    check_schema,
     grant_statements,
     list_migrations,
     migrate,
 )
+
+_check_schema = check_schema  # the name the module had before it became a package (tests/unit/test_anchors.py)
 
 __all__ = [
     "APPLICATION_GRANTS",
@@ -35,6 +38,7 @@ __all__ = [
     "PostgresPluginRegistry",
     "RegistryPermissionError",
     "RegistryUnavailableError",
+    "check_schema",
     "grant_statements",
     "list_migrations",
     "migrate",
