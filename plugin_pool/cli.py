@@ -18,17 +18,16 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
+from plugin_pool._cli_registry import add_registry_commands, add_status_arguments, registry_command, status_command
 from plugin_pool.config import Config, PluginSettings, list_settings, load_config
 from plugin_pool.content import FolderLimits
 from plugin_pool.discovery import Discovery, format_discovery_report
 from plugin_pool.errors import ConfigError, PluginPoolError
-from plugin_pool.host import HostHealth, PluginHost, os_user
+from plugin_pool.host import HostHealth, PluginHost
 from plugin_pool.logs import configure_json_logging
-from plugin_pool.registry.factory import open_registry
 
 __all__ = ["format_settings_doc", "main", "reload_pool_sizes"]
 
@@ -141,45 +140,11 @@ def _print_health(health: HostHealth, out: TextIO) -> None:
 
 
 def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """With a shared registry, what every host recorded there (nothing is loaded); else like ``list``."""
+    """With a shared registry, the fleet as the registry holds it (nothing is loaded); else like ``list``."""
     config = load_config(args.config, env=os.environ)
-    if config.registry.backend == "memory":
+    if config.registry.backend == "memory" and not args.dsn:
         return _cmd_list(args, out, err)
-    with closing(open_registry(config.registry)) as registry:
-        records = registry.list_plugins()
-        if args.json:
-            out.write(
-                json.dumps(
-                    [
-                        {
-                            "plugin_id": r.id,
-                            "trust_level": r.trust_level.value,
-                            "state": r.status.value,
-                            "enabled": r.enabled,
-                            "reason": r.status_reason,
-                            "updated_at": r.updated_at.isoformat(),
-                        }
-                        for r in records
-                    ],
-                    indent=2,
-                )
-                + "\n"
-            )
-        else:
-            rows = [("PLUGIN", "TRUST", "STATE", "ENABLED", "UPDATED", "REASON")]
-            rows += [
-                (
-                    r.id,
-                    r.trust_level.value,
-                    r.status.value,
-                    "yes" if r.enabled else "NO",
-                    f"{r.updated_at:%Y-%m-%d %H:%M:%S}",
-                    r.status_reason or "",
-                )
-                for r in records
-            ]
-            _print_table(rows, out)
-    return 1 if any(r.status.value == "failed" for r in records) else 0
+    return status_command(args, out, err)
 
 
 def _progress(done: list[int], total: int, stop: threading.Event, out: TextIO) -> None:
@@ -439,40 +404,6 @@ def _cmd_discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 1 if result.errors else 0
 
 
-def _cmd_registry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from plugin_pool.registry.postgres import migrate
-
-    config = load_config(args.config, env=os.environ).registry
-    dsn = args.dsn or config.dsn
-    if not dsn:
-        raise ConfigError(
-            f"registry {args.action} needs the shared PostgreSQL registry: pass --dsn, or set registry.dsn "
-            f"(or PLUGIN_POOL_REGISTRY_DSN); an in-memory registry lives only inside its host's process",
-            key="--dsn",
-        )
-    config = replace(config, backend="postgres", dsn=dsn, schema=args.schema or config.schema, offline_start=False)
-    if args.action == "migrate":
-        applied = migrate(dsn, config.schema, timeout_s=config.timeout_s)
-        out.write(
-            f"applied {len(applied)} migration(s): {', '.join(applied)}\n" if applied else "the schema is up to date\n"
-        )
-        return 0
-    enabled = args.action == "enable"
-    actor = args.actor or f"operator/{os_user()}"
-    with closing(open_registry(config)) as registry:
-        before = registry.get_plugin(args.plugin_id)
-        record = registry.set_enabled(args.plugin_id, enabled, actor=actor, reason=args.reason)
-    word = "enabled" if enabled else "disabled"
-    if before.enabled is enabled:
-        out.write(f"plugin {record.id} was already {word}; nothing changed\n")
-    else:
-        out.write(
-            f"plugin {record.id} {word} by {actor}: every host sharing the registry "
-            f"{'may start it again' if enabled else 'stops it and will not start it'}\n"
-        )
-    return 0
-
-
 def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load_config(args.config, env=os.environ)
     with _build_host(config, args.plugin) as host:
@@ -682,14 +613,21 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "status",
             _cmd_status,
-            "with [registry] backend = 'postgres': every plugin's state as the shared "
-            "registry holds it (nothing loaded); else like list",
+            "with [registry] backend = 'postgres' (or --dsn): the fleet's hosts and every plugin's status across "
+            "them, as the shared registry holds it (nothing loaded); else like list",
         ),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("config", nargs="?", help="configuration file (TOML)")
-        cmd.add_argument("--plugin", action="append", default=[], help=plugin_help)
+        cmd.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            help=plugin_help if name == "list" else "list: " + plugin_help + "; status: only plugin ID (repeatable)",
+        )
         cmd.add_argument("--json", action="store_true", help="print JSON")
+        if name == "status":
+            add_status_arguments(cmd)
         cmd.set_defaults(func=func)
 
     keygen = sub.add_parser("keygen", help="generate an Ed25519 key pair for signing plugin manifests")
@@ -728,24 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--unsigned-trusted", choices=("reject", "downgrade"), help="policy for unsigned Trusted")
     disc.set_defaults(func=_cmd_discover)
 
-    reg = sub.add_parser("registry", help="manage the PostgreSQL registry")
-    reg_sub = reg.add_subparsers(dest="action", required=True)
-    mig = reg_sub.add_parser("migrate", help="apply pending schema migrations (safe to run from several hosts)")
-    mig.add_argument("config", nargs="?", help="configuration file (TOML) with [registry]")
-    mig.add_argument("--dsn", help="PostgreSQL connection string (default: registry.dsn)")
-    mig.add_argument("--schema", help="schema name (default: registry.schema)")
-    for action, text in (
-        ("disable", "disable a plugin on every host sharing the registry (they stop it and do not start it)"),
-        ("enable", "enable a disabled plugin again (hosts that stopped it start it again)"),
-    ):
-        switch = reg_sub.add_parser(action, help=text)
-        switch.add_argument("plugin_id", help="the plugin's id")
-        switch.add_argument("config", nargs="?", help="configuration file (TOML) with [registry]")
-        switch.add_argument("--dsn", help="PostgreSQL connection string (default: registry.dsn)")
-        switch.add_argument("--schema", help="schema name (default: registry.schema)")
-        switch.add_argument("--reason", help="why, for the audit trail and the hosts' logs")
-        switch.add_argument("--actor", help="who, for the audit trail (default: operator/<OS user>)")
-    reg.set_defaults(func=_cmd_registry)
+    reg = add_registry_commands(sub)
+    reg.set_defaults(func=registry_command)
 
     cfg = sub.add_parser("config", help="check a configuration file, or list every setting")
     cfg_sub = cfg.add_subparsers(dest="action", required=True)

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -36,9 +36,26 @@ __all__ = [
     "load_config",
     "parse_uid_range",
     "resolve_pool_size",
+    "validate_host_id",
 ]
 
 ENV_PREFIX = "PLUGIN_POOL_"
+
+HOST_ID_MAX_LEN = 64
+_HOST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def validate_host_id(value: object) -> str:
+    """Return ``value`` if it is a valid host id (``[host] id``), else raise ValueError saying the rule.
+
+    Pure; the registry checks ids with this too, so the rule lives here only.
+    """
+    if not isinstance(value, str) or not _HOST_ID_RE.fullmatch(value):
+        raise ValueError(
+            f"host id {value!r:.80} is invalid: use 1-{HOST_ID_MAX_LEN} characters, a letter or digit first, "
+            f"then letters, digits, '.', '_' or '-' (for example 'scanner-2')"
+        )
+    return value
 
 
 _LIST_KIND = "tuple[str, ...]"
@@ -47,9 +64,15 @@ _LIST_SPLIT = re.compile(f"[,{re.escape(os.pathsep)}]")
 
 
 def _setting(
-    default: Any, doc: str, *, unit: str = "", minimum: float | None = None, choices: tuple[str, ...] = ()
+    default: Any,
+    doc: str,
+    *,
+    unit: str = "",
+    minimum: float | None = None,
+    choices: tuple[str, ...] = (),
+    check: Callable[[Any], Any] | None = None,
 ) -> Any:
-    metadata = {"doc": doc, "unit": unit, "minimum": minimum, "choices": choices}
+    metadata = {"doc": doc, "unit": unit, "minimum": minimum, "choices": choices, "check": check}
     if isinstance(default, Mapping):
         frozen = MappingProxyType(dict(default))
         return field(default_factory=lambda: frozen, metadata=metadata)
@@ -61,6 +84,13 @@ class HostConfig:
     """Settings of the host itself (TOML section ``[host]``)."""
 
     actor: str = _setting("plugin-pool", "identity recorded as the actor of the host's audit events")
+    id: str | None = _setting(
+        None,
+        "this host's identity in a shared registry: its row in the hosts table, its plugin instances, the host "
+        "of its audit events; unset: the machine's hostname plus a suffix unique to this start of the host "
+        "(e.g. 'scanner-2-3f9a1c'); a fixed id must be unique among running hosts",
+        check=validate_host_id,
+    )
     monitor_builtin: bool = _setting(
         False, "route BuiltIn calls made by id through the monitoring wrapper (counts and times them)"
     )
@@ -256,6 +286,48 @@ class RegistryConfig:
         "true starts on this host's own view and writes its registrations, status changes and audit events "
         "(up to buffer_limit) once the database is reachable",
     )
+    heartbeat_s: float = _setting(
+        5.0,
+        "how often a host writes its heartbeat (hosts.heartbeat_at), on its own connection: also the round "
+        "trip that proves the notification link alive",
+        unit="s",
+        minimum=0.05,
+    )
+    missed_heartbeats: int = _setting(
+        3,
+        "heartbeats a host may miss before it is shown lost; a lost host's plugin instances no longer count "
+        "as active and it need not acknowledge disables",
+        unit="heartbeats",
+        minimum=2,
+    )
+    resync_s: float = _setting(
+        30.0,
+        "how often the notification link re-reads every operator's disable/enable it may have missed (it also "
+        "does after every reconnect)",
+        unit="s",
+        minimum=0.1,
+    )
+    keepalive_s: int = _setting(
+        5,
+        "TCP keepalive of registry connections: idle time before the first probe and between probes (three "
+        "unanswered probes end the connection)",
+        unit="s",
+        minimum=1,
+    )
+    tcp_user_timeout_s: float = _setting(
+        10.0,
+        "TCP_USER_TIMEOUT of registry connections: how long sent data may stay unacknowledged before the "
+        "kernel gives the connection up (a database that vanished without a reset)",
+        unit="s",
+        minimum=1,
+    )
+    host_retention_s: float = _setting(
+        86400.0,
+        "how long a closed or lost host (with its instances and acknowledgements) stays in the hosts table "
+        "before any live host deletes it",
+        unit="s",
+        minimum=60,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,8 +406,26 @@ def _field_type(cls: type[Any], name: str) -> str:
     return str(cls.__annotations__[name])
 
 
-def _coerce(value: Any, kind: str, key: str, source: str, minimum: float | None, choices: tuple[str, ...] = ()) -> Any:
+def _coerce(
+    value: Any,
+    kind: str,
+    key: str,
+    source: str,
+    minimum: float | None,
+    choices: tuple[str, ...] = (),
+    check: Callable[[Any], Any] | None = None,
+) -> Any:
     """Convert a TOML or environment value to the field's type, or raise ConfigError naming key and source."""
+    converted = _convert(value, kind, key, source, minimum, choices)
+    if check is not None:
+        try:
+            check(converted)
+        except ValueError as exc:
+            raise ConfigError(f"{key} in {source}: {exc}", key=key, source=source) from None
+    return converted
+
+
+def _convert(value: Any, kind: str, key: str, source: str, minimum: float | None, choices: tuple[str, ...]) -> Any:
     from_env = isinstance(value, str) and source.startswith(ENV_PREFIX)
     try:
         if kind == _LIST_KIND:
@@ -415,7 +505,13 @@ def _build_section(cls: type[Any], table: Mapping[str, Any], section: str, sourc
             )
         f = known[key]
         values[key] = _coerce(
-            raw, _field_type(cls, key), f"{section}.{key}", source, f.metadata.get("minimum"), f.metadata["choices"]
+            raw,
+            _field_type(cls, key),
+            f"{section}.{key}",
+            source,
+            f.metadata.get("minimum"),
+            f.metadata["choices"],
+            f.metadata.get("check"),
         )
     return cls(**values)
 
@@ -634,6 +730,7 @@ def _apply_env(section: Any, name: str, env: Mapping[str, str]) -> Any:
                 var,
                 f.metadata.get("minimum"),
                 f.metadata["choices"],
+                f.metadata.get("check"),
             )
     return replace(section, **changes) if changes else section
 

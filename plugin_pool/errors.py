@@ -79,6 +79,7 @@ __all__ = [
     "QueueTimeoutError",
     "RegistryConflictError",
     "RegistryError",
+    "RegistryPermissionError",
     "RegistryUnavailableError",
     "RequiredPluginError",
     "ResourceLimitError",
@@ -444,13 +445,26 @@ class RegistryConflictError(RegistryError):
         self.actual = actual
 
 
-class RegistryUnavailableError(RegistryError):
+class RegistryUnavailableError(RegistryError, ConnectionError):
     """The registry database cannot be reached; ``host`` and ``port`` say where it was expected."""
 
     def __init__(self, message: str, *, host: str, port: str, plugin_id: str | None = None) -> None:
         super().__init__(message, plugin_id=plugin_id)
         self.host = host
         self.port = port
+
+
+class RegistryPermissionError(RegistryError, PermissionError):
+    """The database refused the registry's role an operation: ``role`` lacks ``grant`` on ``object``.
+
+    The message is one line naming the three and pointing at docs/OPERATIONS.md.
+    """
+
+    def __init__(self, message: str, *, role: str, object: str, grant: str) -> None:
+        super().__init__(message)
+        self.role = role
+        self.object = object
+        self.grant = grant
 
 
 class RequiredPluginError(PluginPoolError):

@@ -26,8 +26,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from plugin_pool.model import TrustLevel
+from plugin_pool.registry.fleet import RegistryStats
 
-__all__ = ["INTEGRITY_KINDS", "LOAD_BUCKETS_MS", "HostCollector", "HostMetrics", "PluginSample"]
+__all__ = ["INTEGRITY_KINDS", "LOAD_BUCKETS_MS", "HostCollector", "HostMetrics", "PluginSample", "RegistryCollector"]
 
 LOAD_BUCKETS_MS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0)
 """Buckets of ``plugin_load_duration_ms``: in-process loads take about a millisecond, sandbox boots
@@ -125,12 +126,67 @@ class HostCollector(Collector):
         )
 
 
+class RegistryCollector(Collector):
+    """Reads the registry's counters at scrape time (``registry.get_stats()``, which never blocks): writes
+    waiting, written, dropped and refused, the database's availability, lost links, heartbeats, re-syncs."""
+
+    def __init__(self, stats: Callable[[], RegistryStats]) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterator[Metric]:
+        """The families :meth:`collect` yields."""
+        yield from self._families(RegistryStats())
+
+    def collect(self) -> Iterator[Metric]:
+        """One snapshot of the registry's counters."""
+        yield from self._families(self._stats())
+
+    @staticmethod
+    def _families(stats: RegistryStats) -> Iterator[Metric]:
+        writes = CounterMetricFamily(
+            "plugin_registry_writes",
+            "Registry writes (audit events, status moves, registrations, acknowledgements) by outcome: written, "
+            "dropped (the outage buffer was full), refused (the database refused them on replay)",
+            labels=["outcome"],
+        )
+        writes.add_metric(["written"], stats.written_writes)
+        writes.add_metric(["dropped"], stats.dropped_writes)
+        writes.add_metric(["refused"], stats.conflicted_writes)
+        yield writes
+        yield GaugeMetricFamily(
+            "plugin_registry_writes_pending", "Registry writes waiting for the database", value=stats.pending_writes
+        )
+        yield GaugeMetricFamily(
+            "plugin_registry_available",
+            "1 while the registry database is reachable, 0 while writes are buffered",
+            value=1 if stats.available else 0,
+        )
+        yield CounterMetricFamily(
+            "plugin_registry_link_lost",
+            "Times the registry's notification link was lost (each loss is logged once)",
+            value=stats.link_losses,
+        )
+        yield CounterMetricFamily(
+            "plugin_registry_heartbeats", "Heartbeats this host wrote to the registry", value=stats.heartbeats
+        )
+        yield CounterMetricFamily(
+            "plugin_registry_resyncs",
+            "Full re-syncs of operators' changes (after every reconnect and every registry.resync_s)",
+            value=stats.resyncs,
+        )
+
+
 class HostMetrics:
     """The metrics of one host, registered on ``registry``. Updates are thread-safe and cheap; none of
     them runs per call. Registering a second HostMetrics on the same registry raises ValueError
     (duplicated time series): give each host its own registry."""
 
-    def __init__(self, registry: CollectorRegistry, samples: Callable[[], Iterable[PluginSample]]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        samples: Callable[[], Iterable[PluginSample]],
+        registry_stats: Callable[[], RegistryStats] | None = None,
+    ) -> None:
         self.registry = registry
         self.load_duration_ms = Histogram(
             "plugin_load_duration_ms",
@@ -169,6 +225,8 @@ class HostMetrics:
             self.integrity_rejections,
             self.collector,
         )
+        if registry_stats is not None:
+            collectors += (RegistryCollector(registry_stats),)
         registered: list[Collector] = []
         try:
             for collector in collectors:

@@ -113,14 +113,20 @@ class PluginHost:
         self._owns_registry = registry is None
         # Without a registry passed in, the host opens the one [registry] names (in-memory by default) and
         # closes it with itself.
-        self.registry: PluginRegistry = registry if registry is not None else open_registry(config.registry)
+        self.registry: PluginRegistry = (
+            registry if registry is not None else open_registry(config.registry, config.host)
+        )
         self.metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
         """The Prometheus registry the host's metrics are on (plugin_pool.metrics); a private one unless the
         caller passed one. The library serves nothing: expose it as the application does its own."""
         slots = SlotTable()
         self._slots = slots
         self._bridge: UntrustedBridge | None = None
-        metrics = HostMetrics(self.metrics_registry, lambda: list_metric_samples(slots.snapshot(), self.sandbox))
+        metrics = HostMetrics(
+            self.metrics_registry,
+            lambda: list_metric_samples(slots.snapshot(), self.sandbox),
+            self.registry.get_stats,
+        )
         self._core = HostCore(config, self.registry, services or {}, metrics, slots)
         self._bridge = UntrustedBridge(self._core)
         self._router = Router(self._core)

@@ -326,7 +326,14 @@ class Lifecycle:
     def on_registry_change(self, change: RegistryChange) -> None:
         """Registry callback (its listener thread; must not block): queue an enable/disable of one of ours."""
         if change.kind == "enabled" and change.plugin_id in self._core.slots:
-            self._core.in_background(self.apply_enabled, change)
+            self._core.in_background(self._apply_and_acknowledge, change)
+
+    def _apply_and_acknowledge(self, change: RegistryChange) -> None:
+        # Acknowledged even when applying failed: the operator's --wait learns this host has seen it.
+        try:
+            self.apply_enabled(change)
+        finally:
+            self._core.registry.acknowledge(change)
 
     def apply_enabled(self, change: RegistryChange) -> None:
         """Stop a plugin an operator disabled (and keep it stopped); start it again when enabled."""

@@ -10,16 +10,32 @@ from plugin_pool.registry.base import (
     RegistryChange,
     VersionRecord,
 )
+from plugin_pool.registry.fleet import (
+    Acknowledgements,
+    FleetStatus,
+    HostLiveness,
+    HostRecord,
+    InstanceRecord,
+    PluginStatus,
+    RegistryStats,
+)
 from plugin_pool.registry.memory import InMemoryPluginRegistry
 
 __all__ = [
+    "Acknowledgements",
     "AuditEvent",
     "CapabilityRecord",
     "ChangeCallback",
     "EventKind",
+    "FleetStatus",
+    "HostLiveness",
+    "HostRecord",
     "InMemoryPluginRegistry",
+    "InstanceRecord",
     "PluginRecord",
     "PluginRegistry",
+    "PluginStatus",
     "RegistryChange",
+    "RegistryStats",
     "VersionRecord",
 ]

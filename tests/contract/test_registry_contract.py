@@ -21,8 +21,8 @@ from plugin_pool import (
     RegistryError,
     TrustLevel,
 )
-from plugin_pool.registry import AuditEvent, EventKind, PluginRecord, PluginRegistry, RegistryChange
-from plugin_pool.registry.base import ACTOR_MAX_LEN, CONFIG_MAX_BYTES, REASON_MAX_LEN
+from plugin_pool.registry import AuditEvent, EventKind, InstanceRecord, PluginRecord, PluginRegistry, RegistryChange
+from plugin_pool.registry.validation import ACTOR_MAX_LEN, CONFIG_MAX_BYTES, REASON_MAX_LEN
 
 S = PluginState
 ACTOR = "contract-tests"
@@ -45,11 +45,16 @@ def register(registry: PluginRegistry, plugin_id: str = "scanner", **kwargs: Any
     return registry.register(info(plugin_id, version, level), caps, actor=kwargs.pop("actor", ACTOR), **kwargs)
 
 
-def move(registry: PluginRegistry, plugin_id: str, *targets: PluginState) -> PluginRecord:
-    record = registry.get_plugin(plugin_id)
+def move(registry: PluginRegistry, plugin_id: str, *targets: PluginState) -> InstanceRecord:
+    """Move this registry's host's instance of the plugin through ``targets`` (compare-and-set each step)."""
+    here = registry.list_instances(plugin_id=plugin_id, host_id=registry.host_id)
+    state = here[0].state if here else S.DISCOVERED
+    instance = None
     for target in targets:
-        record = registry.set_status(plugin_id, target, expected=record.status, actor=ACTOR)
-    return record
+        instance = registry.set_status(plugin_id, target, expected=state, actor=ACTOR)
+        state = instance.state
+    assert instance is not None
+    return instance
 
 
 def test_backend_implements_the_protocol(registry: PluginRegistry) -> None:
@@ -199,11 +204,18 @@ def test_every_transition_is_audited_with_from_reason_and_actor(registry: Plugin
     path = [S.LOADING, S.INITIALIZING, S.ACTIVE, S.STOPPING, S.STOPPED, S.LOADING, S.FAILED]
     previous = S.DISCOVERED
     for n, target in enumerate(path):
-        record = registry.set_status(
+        instance = registry.set_status(
             "scanner", target, expected=previous, actor=f"actor-{n}", reason=f"step {n}", details={"n": n}
         )
-        assert (record.status, record.status_reason) == (target, f"step {n}")
-        assert registry.get_plugin("scanner") == record
+        assert (instance.plugin_id, instance.host_id, instance.state, instance.reason) == (
+            "scanner",
+            registry.host_id,
+            target,
+            f"step {n}",
+        )
+        assert instance.version == "1.0.0"
+        assert registry.get_plugin("scanner").status is target  # one host: the aggregate is its instance
+        assert registry.list_instances(plugin_id="scanner") == [instance]
         previous = target
 
     events = registry.list_events(plugin_id="scanner")[1:]
@@ -221,12 +233,14 @@ def test_every_transition_is_audited_with_from_reason_and_actor(registry: Plugin
         {"n": n, "from": source.value, "reason": f"step {n}"} for n, source in enumerate([S.DISCOVERED, *path[:-1]])
     ]
     assert [e.actor for e in events] == [f"actor-{n}" for n in range(len(path))]
+    assert {e.host for e in events} == {registry.host_id}  # every event names the host that recorded it
+    assert len({e.uid for e in events}) == len(events)
 
 
 def test_set_status_without_reason_records_no_reason(registry: PluginRegistry) -> None:
     register(registry)
-    record = registry.set_status("scanner", S.LOADING, expected=None, actor=ACTOR)
-    assert record.status_reason is None
+    instance = registry.set_status("scanner", S.LOADING, expected=None, actor=ACTOR)
+    assert instance.reason is None
     assert dict(registry.list_events()[-1].details) == {"from": "discovered"}
 
 
@@ -264,13 +278,14 @@ def test_set_status_refuses_an_illegal_transition(registry: PluginRegistry) -> N
 
 def test_is_active(registry: PluginRegistry) -> None:
     assert registry.is_active("ghost") is False
+    assert registry.is_active_here("ghost") is False
     register(registry)
-    assert registry.is_active("scanner") is False
+    assert (registry.is_active("scanner"), registry.is_active_here("scanner")) == (False, False)
     move(registry, "scanner", *PATH_TO_ACTIVE)
-    assert registry.is_active("scanner") is True
+    assert (registry.is_active("scanner"), registry.is_active_here("scanner")) == (True, True)
     assert registry.get_plugin("scanner").is_active
     move(registry, "scanner", S.FAILED)
-    assert registry.is_active("scanner") is False
+    assert (registry.is_active("scanner"), registry.is_active_here("scanner")) == (False, False)
 
 
 # -- events -----------------------------------------------------------------------------------------------
@@ -288,16 +303,27 @@ def test_record_event_appends_an_audit_event(registry: PluginRegistry) -> None:
     hostwide = registry.record_event(EventKind.WORKER_RESTARTED, plugin_id=None, actor="host-1")
 
     assert isinstance(event, AuditEvent)
-    assert (event.plugin_id, event.event, event.state, event.actor) == (
+    assert (event.plugin_id, event.event, event.state, event.actor, event.host) == (
         "scanner",
         EventKind.CAPABILITY_DENIED,
         S.DISCOVERED,
         "host-1",
+        registry.host_id,
     )
     assert dict(event.details) == {"capability": "delete", "declared": ["scan"]}
     assert (hostwide.plugin_id, hostwide.state, dict(hostwide.details)) == (None, None, {})
-    assert registry.list_events()[-2:] == [event, hostwide]
-    assert event.id < hostwide.id
+    stored = registry.list_events()[-2:]
+    assert [e.uid for e in stored] == [event.uid, hostwide.uid]  # the id is assigned when written (PostgreSQL)
+    for returned, kept in zip([event, hostwide], stored, strict=True):
+        assert (kept.plugin_id, kept.event, kept.state, kept.actor, kept.host) == (
+            returned.plugin_id,
+            returned.event,
+            returned.state,
+            returned.actor,
+            returned.host,
+        )
+        assert dict(kept.details) == dict(returned.details)
+    assert 0 < stored[0].id < stored[1].id
 
 
 def test_list_events_filters(registry: PluginRegistry) -> None:
@@ -320,7 +346,7 @@ def test_list_events_filters(registry: PluginRegistry) -> None:
 
     assert [e.event for e in registry.list_events(plugin_id="b")] == [EventKind.REGISTERED, EventKind.LOADING]
     assert [e.plugin_id for e in registry.list_events(event=EventKind.LOADING)] == ["a", "b"]
-    assert registry.list_events(plugin_id="a", event=EventKind.CAPABILITY_DENIED) == [denied]
+    assert [e.uid for e in registry.list_events(plugin_id="a", event=EventKind.CAPABILITY_DENIED)] == [denied.uid]
     assert registry.list_events(after_id=ids[3]) == everything[4:]
     assert registry.list_events(limit=2) == everything[:2]
     assert registry.list_events(after_id=ids[0], limit=2) == everything[1:3]
@@ -428,10 +454,10 @@ def test_non_json_event_details_are_rejected_before_storage(registry: PluginRegi
 
 def test_overlong_reason_is_truncated_and_a_non_string_reason_rejected(registry: PluginRegistry) -> None:
     register(registry)
-    record = registry.set_status("scanner", S.FAILED, expected=None, actor=ACTOR, reason="r" * (REASON_MAX_LEN * 3))
-    assert record.status_reason == "r" * (REASON_MAX_LEN - 1) + "…"
-    assert registry.get_plugin("scanner").status_reason == record.status_reason
-    assert registry.list_events()[-1].details["reason"] == record.status_reason
+    instance = registry.set_status("scanner", S.FAILED, expected=None, actor=ACTOR, reason="r" * (REASON_MAX_LEN * 3))
+    assert instance.reason == "r" * (REASON_MAX_LEN - 1) + "…"
+    assert registry.get_plugin("scanner").status_reason == instance.reason  # Failed: the failure's reason
+    assert registry.list_events()[-1].details["reason"] == instance.reason
 
     with pytest.raises(RegistryError, match=r"reason .* is invalid"):
         registry.set_status("scanner", S.LOADING, expected=None, actor=ACTOR, reason=42)  # type: ignore[arg-type]
@@ -466,6 +492,23 @@ def test_concurrent_compare_and_set_lets_exactly_one_win(registry: PluginRegistr
     assert len(errors) == 7
     assert all(isinstance(e, RegistryConflictError) and e.actual is S.LOADING for e in errors)
     assert len(registry.list_events(event=EventKind.LOADING)) == 1
+
+
+def test_list_plugins_pages_by_id(registry: PluginRegistry) -> None:
+    for n in range(7):
+        register(registry, f"p{n}")
+    pages: list[list[str]] = []
+    after: str | None = None
+    while True:
+        page = [r.id for r in registry.list_plugins(after=after, limit=3)]
+        if not page:
+            break
+        pages.append(page)
+        after = page[-1]
+    assert pages == [["p0", "p1", "p2"], ["p3", "p4", "p5"], ["p6"]]
+    assert registry.list_plugins(limit=0) == []
+    with pytest.raises(RegistryError, match="limit"):
+        registry.list_plugins(limit=-1)
 
 
 def test_close_is_idempotent(registry: PluginRegistry) -> None:

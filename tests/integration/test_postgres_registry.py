@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +26,11 @@ from psycopg import sql
 
 from plugin_pool import (
     Capabilities,
+    CapabilityDeniedError,
     PluginBase,
     PluginHost,
     PluginInfo,
     PluginState,
-    RegistryConflictError,
     RegistryError,
     TrustLevel,
     capability,
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.postgres
 
 S = PluginState
 ACTOR = "pg-tests"
+OPERATOR = "ops/alice"
 DSN = os.environ.get("PLUGIN_POOL_TEST_DSN") or "postgresql://postgres@127.0.0.1:5432/test"
 LATEST = [name for _, name, _ in list_migrations()]
 
@@ -71,7 +73,19 @@ def test_migrate_from_empty_creates_the_tables_and_records_the_version(server: s
         versions = conn.execute(
             sql.SQL("SELECT version, name FROM {} ORDER BY version").format(sql.Identifier(schema, "schema_version"))
         ).fetchall()
-    assert tables == {"plugins", "plugin_versions", "plugin_capabilities", "audit_events", "schema_version"}
+    assert tables == {
+        "plugins",  # the seed's table, a view now: its status is the aggregate over live hosts
+        "plugin_catalog",
+        "plugin_versions",
+        "plugin_capabilities",
+        "audit_events",
+        "schema_version",
+        "hosts",
+        "host_status",
+        "plugin_instances",
+        "plugin_fleet",
+        "plugin_acks",
+    }
     assert [name for _, name in versions] == LATEST
 
 
@@ -131,18 +145,6 @@ def test_two_hosts_registering_the_same_plugin_at_once_make_one_row(
     assert [e.event for e in hosts[1].list_events()] == [EventKind.REGISTERED]
 
 
-def test_compare_and_set_conflict_between_two_hosts(open_registry: Callable[..., PostgresPluginRegistry]) -> None:
-    first, second = open_registry(), open_registry()
-    first.register(info(), Capabilities.of("scan"), actor="host-1")
-    second.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor="host-2")
-
-    with pytest.raises(RegistryConflictError) as caught:
-        first.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor="host-1")
-
-    assert (caught.value.expected, caught.value.actual) == (S.DISCOVERED, S.LOADING)
-    assert [e.actor for e in first.list_events(event=EventKind.LOADING)] == ["host-2"]
-
-
 def test_a_host_learns_of_another_hosts_status_changes(open_registry: Callable[..., PostgresPluginRegistry]) -> None:
     operator, host = open_registry(), open_registry()
     operator.register(info(), Capabilities.of("scan"), actor="operator")
@@ -155,17 +157,16 @@ def test_a_host_learns_of_another_hosts_status_changes(open_registry: Callable[.
 
     unsubscribe = host.subscribe(on_change)
     host.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor="host")  # its own change: not reported
-    operator.set_status("scanner", S.FAILED, expected=S.LOADING, actor="operator", reason="disabled")
+    operator.set_status("scanner", S.FAILED, expected=S.DISCOVERED, actor="operator", reason="disabled")
 
-    # NOTIFY delivers in commit order: the host's own change (first) was read and left out before this one.
     assert arrived.wait(5)
+    time.sleep(0.2)  # a report of the host's own change would have arrived by now
     assert seen == [("scanner", S.FAILED)]
 
     unsubscribe()
     unsubscribe()
-    # The fence: the listener thread is gone, so nothing can be delivered any more.
-    assert not [t for t in threading.enumerate() if t.name.startswith("plugin-pool-registry-listen-")]
     operator.set_status("scanner", S.LOADING, expected=S.FAILED, actor="operator")
+    time.sleep(0.2)
     assert seen == [("scanner", S.FAILED)]
 
 
@@ -180,9 +181,12 @@ def test_writes_during_an_outage_are_buffered_and_flushed_in_order(
     registry.register(info(), Capabilities.of("scan"), actor=ACTOR)
     registry.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor=ACTOR)
 
+    assert registry.flush(timeout_s=10)
+    written_before = registry.flushed_writes
+
     proxy.cut()
     during = registry.set_status("scanner", S.INITIALIZING, expected=S.LOADING, actor=ACTOR, reason="offline")
-    assert (during.status, during.status_reason) == (S.INITIALIZING, "offline")
+    assert (during.state, during.reason) == (S.INITIALIZING, "offline")
     for n in range(3):
         event = registry.record_event(EventKind.CAPABILITY_DENIED, plugin_id="scanner", actor=ACTOR, details={"n": n})
         assert event.id == 0
@@ -191,7 +195,8 @@ def test_writes_during_an_outage_are_buffered_and_flushed_in_order(
     other = registry.register(info("other"), Capabilities.of("scan"), actor=ACTOR)  # buffered too
     assert (other.id, other.status) == ("other", S.DISCOVERED)
     registry.set_status("other", S.LOADING, expected=S.DISCOVERED, actor=ACTOR)
-    assert (registry.pending_writes, registry.is_available) == (8, False)
+    wait_for(lambda: not registry.is_available)  # the writer found the database gone
+    assert registry.pending_writes == 8
     with pytest.raises(RegistryUnavailableError, match=rf"port {proxy.port}"):
         registry.get_plugin("scanner")
     assert direct.get_plugin("scanner").status is S.LOADING  # nothing written yet
@@ -199,7 +204,7 @@ def test_writes_during_an_outage_are_buffered_and_flushed_in_order(
     proxy.restore()
     wait_for(lambda: registry.pending_writes == 0)
 
-    assert (registry.is_available, registry.flushed_writes, registry.dropped_writes) == (True, 8, 0)
+    assert (registry.is_available, registry.flushed_writes - written_before, registry.dropped_writes) == (True, 8, 0)
     assert direct.get_plugin("scanner").status is S.ACTIVE
     assert registry.get_plugin("scanner").status is S.ACTIVE
     assert direct.get_plugin("other").status is S.LOADING
@@ -229,6 +234,7 @@ def test_outage_buffer_overflow_is_counted_and_logged(
 ) -> None:
     registry = open_registry(proxy.dsn(server), timeout_s=1.0, retry_max_s=0.2, buffer_limit=2)
     direct = open_registry()
+    registry.register(info(), Capabilities.of("scan"), actor=ACTOR)  # joins the fleet: nothing else queued
     proxy.cut()
     with caplog.at_level(logging.ERROR, logger="plugin_pool.registry"):
         for n in range(5):
@@ -238,24 +244,31 @@ def test_outage_buffer_overflow_is_counted_and_logged(
 
     proxy.restore()
     wait_for(lambda: registry.pending_writes == 0)
-    assert [e.details["n"] for e in direct.list_events()] == [0, 1]
+    assert [e.details["n"] for e in direct.list_events(event=EventKind.WORKER_RESTARTED)] == [0, 1]
 
 
-def test_a_buffered_change_another_host_overtook_is_refused_and_counted(
+def test_a_hosts_moves_during_an_outage_never_conflict_with_another_hosts(
     open_registry: Callable[..., PostgresPluginRegistry], proxy: Proxy, server: str
 ) -> None:
-    registry = open_registry(proxy.dsn(server), timeout_s=1.0, retry_max_s=0.2)
-    operator = open_registry()
+    registry = open_registry(proxy.dsn(server), timeout_s=1.0, retry_max_s=0.2, host_id="cut-off")
+    other = open_registry(host_id="connected")
     registry.register(info(), Capabilities.of("scan"), actor=ACTOR)
     proxy.cut()
-    registry.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor=ACTOR)
-    operator.set_status("scanner", S.FAILED, expected=S.DISCOVERED, actor="operator", reason="disabled")
+    for target in (S.LOADING, S.INITIALIZING, S.ACTIVE):
+        registry.set_status("scanner", target, expected=None, actor=ACTOR)
+    other.set_status("scanner", S.FAILED, expected=S.DISCOVERED, actor="other", reason="boom")
+    assert other.get_plugin("scanner").status is S.FAILED
 
     proxy.restore()
-    wait_for(lambda: registry.pending_writes == 0)
+    assert registry.flush(timeout_s=20)
 
-    assert registry.conflicted_writes == 1
-    assert registry.get_plugin("scanner").status is S.FAILED
+    assert registry.conflicted_writes == 0
+    record = other.get_plugin("scanner")
+    assert (record.status, record.fleet.failed_on) == (S.ACTIVE, (("connected", "boom"),))
+    assert [(i.host_id, i.state) for i in other.list_instances(plugin_id="scanner")] == [
+        ("connected", S.FAILED),
+        ("cut-off", S.ACTIVE),
+    ]
 
 
 # -- bad input ------------------------------------------------------------------------------------------------
@@ -273,7 +286,7 @@ def test_bad_input_is_rejected_before_any_sql(server: str) -> None:
         registry.register(overlong, Capabilities(), actor=ACTOR)
     with pytest.raises(RegistryError, match="unknown trust level 'superuser'"):
         registry.register(unknown_level, Capabilities(), actor=ACTOR)
-    with pytest.raises(RegistryError, match="configuration of plugin 'scanner' is not valid JSON"):
+    with pytest.raises(RegistryError, match="configuration of plugin 'scanner' is invalid at handler"):
         registry.register(info(), Capabilities(), actor=ACTOR, config={"handler": object()})
     with pytest.raises(RegistryError, match="assembly_hash"):
         registry.register(info(), Capabilities(), actor=ACTOR, assembly_hash="x" * 201)
@@ -309,7 +322,7 @@ def test_close_stops_every_thread_and_is_idempotent(open_registry: Callable[...,
 def test_a_host_configured_with_registry_postgres_records_its_lifecycle_there(server: str, schema: str) -> None:
     out = io.StringIO()
     assert main(["--log-format", "none", "registry", "migrate", "--dsn", server, "--schema", schema], out=out) == 0
-    assert "applied 2 migration(s): 0001_initial, 0002_plugin_enabled" in out.getvalue()
+    assert f"applied {len(LATEST)} migration(s): {', '.join(LATEST)}" in out.getvalue()
     out = io.StringIO()
     assert main(["--log-format", "none", "registry", "migrate", "--dsn", server, "--schema", schema], out=out) == 0
     assert out.getvalue() == "the schema is up to date\n"
@@ -323,12 +336,18 @@ def test_a_host_configured_with_registry_postgres_records_its_lifecycle_there(se
     )
     host = PluginHost(config)
     assert isinstance(host.registry, PostgresPluginRegistry)
-    with host:
+    with host, PostgresPluginRegistry(server, schema=schema) as reader:
         host.add_plugin(_Echo())
         host.start_plugins()
         assert host.invoke("pg-echo", "scan", 3) == 3
+        assert host.registry.flush(timeout_s=10)
+        assert reader.get_plugin("pg-echo").status is PluginState.ACTIVE
+        assert reader.is_active("pg-echo")
     with PostgresPluginRegistry(server, schema=schema) as reader:
-        assert reader.get_plugin("pg-echo").status is PluginState.STOPPED
+        record = reader.get_plugin("pg-echo")  # the host left the fleet: it runs nowhere
+        assert (record.status, record.fleet.live) == (PluginState.DISCOVERED, 0)
+        assert [h.liveness.value for h in reader.list_hosts()] == ["gone"]
+        assert {e.host for e in reader.list_events(plugin_id="pg-echo")} == {host.registry.host_id}
         assert [e.event.value for e in reader.list_events(plugin_id="pg-echo")] == [
             "registered",
             "loading",
@@ -360,3 +379,118 @@ def test_status_reads_the_shared_registry_without_loading_anything(server: str, 
         assert main(["--log-format", "none", "status", str(config_file)], out=out) == 0
         line = next(line for line in out.getvalue().splitlines() if line.startswith("pg-echo"))
         assert line.split()[:3] == ["pg-echo", "builtin", "active"]
+
+
+# -- exactly once, silent links, nothing on the call path -------------------------------------------------
+
+
+def test_a_write_whose_reply_is_lost_after_commit_is_stored_once(
+    open_registry: Callable[..., PostgresPluginRegistry], proxy: Proxy, server: str
+) -> None:
+    registry = open_registry(proxy.dsn(server), timeout_s=2.0, retry_max_s=0.2)
+    direct = open_registry()
+    registry.register(info(), Capabilities.of("scan"), actor=ACTOR)
+    assert registry.flush(timeout_s=10)
+
+    marker = f"marker-{uuid.uuid4().hex}"
+    proxy.lose_reply_after(marker.encode())
+    event = registry.record_event(EventKind.CAPABILITY_DENIED, plugin_id="scanner", actor=ACTOR, details={"m": marker})
+    assert registry.flush(timeout_s=20)  # the writer saw the connection drop and wrote it again
+    assert proxy.lost_replies == 1
+    proxy.lose_reply_after(f"{marker}-move".encode())
+    registry.set_status("scanner", S.LOADING, expected=S.DISCOVERED, actor=ACTOR, details={"m": f"{marker}-move"})
+    assert registry.flush(timeout_s=20)
+    assert proxy.lost_replies == 2
+
+    denials = [e for e in direct.list_events(plugin_id="scanner") if e.details.get("m") == marker]
+    assert [e.uid for e in denials] == [event.uid]  # stored once, under the uid the host gave it
+    moves = [e for e in direct.list_events(plugin_id="scanner") if e.event is EventKind.LOADING]
+    assert len(moves) == 1
+    assert [(i.state, i.host_id) for i in direct.list_instances(plugin_id="scanner")] == [(S.LOADING, registry.host_id)]
+    assert (registry.dropped_writes, registry.conflicted_writes) == (0, 0)
+
+
+def test_a_silent_outage_is_noticed_logged_once_and_a_disable_made_after_it_arrives(
+    open_registry: Callable[..., PostgresPluginRegistry],
+    proxy: Proxy,
+    server: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # heartbeat_s is the round trip that finds a silent link; the black hole never resets anything.
+    host = open_registry(proxy.dsn(server), timeout_s=1.0, retry_max_s=0.2, heartbeat_s=0.2, resync_s=60)
+    operator = open_registry()
+    host.register(info(), Capabilities.of("scan"), actor=ACTOR)
+    told: list[RegistryChange] = []
+    host.subscribe(lambda change: told.append(change) if change.kind == "enabled" else None)
+
+    caplog.set_level(logging.INFO, logger="plugin_pool.registry")
+    proxy.blackhole()
+    wait_for(lambda: host.get_stats().link_losses == 1, timeout_s=20)
+    time.sleep(1.0)  # further failed attempts while it is still down are not logged again
+    proxy.restore()  # new connections work; the black-holed ones stay silent forever
+    operator.set_enabled("scanner", False, actor=OPERATOR, reason="after the outage")
+
+    wait_for(lambda: bool(told), timeout_s=30)  # the target: within 30 s of the database's return
+    assert [(c.enabled, c.actor, c.reason) for c in told] == [(False, OPERATOR, "after the outage")]
+    assert host.get_stats().link_losses == 1
+    lost = [r for r in caplog.records if "registry link to" in r.getMessage() and "lost" in r.getMessage()]
+    assert len(lost) == 1 and lost[0].levelno == logging.WARNING
+    assert "\n" not in lost[0].getMessage()
+
+
+def test_audit_writes_on_the_call_path_never_wait_for_a_silent_database(
+    open_registry: Callable[..., PostgresPluginRegistry], proxy: Proxy, server: str
+) -> None:
+    # A registry that would wait 300 s for each query: a call that waited for it would exceed the test timeout.
+    registry = open_registry(proxy.dsn(server), timeout_s=300.0, tcp_user_timeout_s=300.0, heartbeat_s=60)
+    with PluginHost(registry=registry) as host:
+        host.add_plugin(_Echo())
+        host.start_plugins()
+        assert registry.flush(timeout_s=10)
+        proxy.blackhole()
+        done = threading.Event()
+
+        def calls() -> None:
+            for n in range(200):
+                with pytest.raises(CapabilityDeniedError):
+                    host.invoke("pg-echo", f"undeclared-{n}", None)
+                assert host.invoke("pg-echo", "scan", n) == n
+            done.set()
+
+        caller = threading.Thread(target=calls, daemon=True)
+        caller.start()
+        caller.join(60)
+        assert done.is_set(), "calls waited for the database"
+        assert registry.pending_writes >= 200  # every denial audit waits in the buffer, none was lost
+        assert registry.dropped_writes == 0
+        proxy.cut()  # the black-holed connections break at once: the writer reconnects
+        proxy.restore()
+        assert registry.flush(timeout_s=60)
+    assert registry.flush(timeout_s=60)  # the host's stop moves too
+    registry.close()  # before the proxy goes: this registry would wait its 300 s for an unreachable database
+    with PostgresPluginRegistry(server, schema=registry.schema) as reader:
+        assert len(reader.list_events(event=EventKind.CAPABILITY_DENIED)) == 200
+
+
+def test_a_refused_write_in_a_batch_refuses_only_itself(
+    open_registry: Callable[..., PostgresPluginRegistry], proxy: Proxy, server: str, schema: str
+) -> None:
+    registry = open_registry(proxy.dsn(server), timeout_s=1.0, retry_max_s=0.2)
+    direct = open_registry()
+    registry.register(info("kept"), Capabilities.of("scan"), actor=ACTOR)
+    registry.register(info("doomed"), Capabilities.of("scan"), actor=ACTOR)
+    assert registry.flush(timeout_s=10)
+    proxy.cut()
+    for n in range(5):  # queued together: written as one batch when the database is back
+        registry.record_event(EventKind.CAPABILITY_DENIED, plugin_id="kept", actor=ACTOR, details={"n": n})
+        if n == 2:
+            registry.set_status("doomed", S.LOADING, expected=S.DISCOVERED, actor=ACTOR)
+    with psycopg.connect(server, autocommit=True) as conn:  # meanwhile the plugin goes: its move will be refused
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id = 'doomed'").format(sql.Identifier(schema, "plugin_catalog")))
+
+    proxy.restore()
+    assert registry.flush(timeout_s=20)
+    assert registry.conflicted_writes == 1
+    denials = direct.list_events(plugin_id="kept", event=EventKind.CAPABILITY_DENIED)
+    assert [e.details["n"] for e in denials] == [0, 1, 2, 3, 4]
+    assert direct.list_instances(plugin_id="doomed") == []

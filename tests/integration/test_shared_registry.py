@@ -8,6 +8,7 @@ Each test works in its own schema; outages use the TCP proxy of conftest.py (cut
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,8 +87,11 @@ def test_an_operators_disable_stops_the_plugin_on_every_host_and_enable_starts_i
     for host in (first, second):
         wait_for(lambda h=host: h.is_active("scanner"))  # type: ignore[misc]
         assert host.invoke("scanner", "scan", 2) == {"seen": 2}
+    assert operator.wait_for_acknowledgements("scanner", timeout_s=10).complete  # written after the moves
     stops = [e for e in operator.list_events(plugin_id="scanner") if e.event is EventKind.STOPPING]
     assert {e.actor for e in stops} == {OPERATOR}  # each host audits the stop as the operator's
+    assert sorted(e.host for e in stops) == sorted([first.registry.host_id, second.registry.host_id])
+    assert {e.details["reason"] for e in stops} == {f"disabled by {OPERATOR}: CVE-2026-1234"}
     kinds = [e.event for e in operator.list_events(plugin_id="scanner")]
     assert kinds.count(EventKind.DISABLED) == kinds.count(EventKind.ENABLED) == 1
 
@@ -125,8 +129,14 @@ def test_a_host_cut_off_from_the_database_learns_of_a_disable_when_it_reconnects
     proxy.restore()
 
     wait_for(lambda: host.get_plugin_health("scanner").state is S.STOPPED)
-    assert host.get_plugin_health("scanner").reason == (
-        "disabled by registry: changed while this instance was not listening"
+    # Learnt late, after the reconnect, but with who and why all the same.
+    assert host.get_plugin_health("scanner").reason == f"disabled by {OPERATOR}: while you were away"
+    assert operator.wait_for_acknowledgements("scanner", timeout_s=10).complete
+    stop = operator.list_events(plugin_id="scanner", event=EventKind.STOPPING)[-1]
+    assert (stop.actor, stop.host, stop.details["reason"]) == (
+        OPERATOR,
+        host.registry.host_id,
+        f"disabled by {OPERATOR}: while you were away",
     )
 
 
@@ -159,11 +169,11 @@ def test_a_host_whose_database_is_down_at_start_runs_offline_and_syncs_later(
         host.add_plugin(Scanner())
         assert host.start_plugin("scanner") is S.ACTIVE
         assert host.invoke("scanner", "scan", 7) == {"seen": 7}
-        assert (registry.is_available, registry.pending_writes) == (False, 4)  # register + 3 moves
+        assert (registry.is_available, registry.pending_writes) == (False, 5)  # joining, registering, 3 moves
         assert direct.list_plugins() == []
 
         proxy.restore()
-        wait_for(lambda: registry.pending_writes == 0)
+        assert registry.flush(timeout_s=20)
         assert (registry.dropped_writes, registry.conflicted_writes) == (0, 0)
         assert direct.get_plugin("scanner").status is S.ACTIVE
         assert [e.event.value for e in direct.list_events(plugin_id="scanner")] == [
@@ -214,3 +224,64 @@ def test_the_cli_refuses_to_disable_without_a_shared_registry(monkeypatch: pytes
     err = io.StringIO()
     assert main(["--log-format", "none", "registry", "disable", "scanner"], out=io.StringIO(), err=err) != 0
     assert "registry disable needs the shared PostgreSQL registry: pass --dsn" in err.getvalue()
+
+
+def test_the_cli_refuses_a_reason_that_is_not_utf8(hosts: Callable[..., PluginHost], server: str, schema: str) -> None:
+    hosts()
+    # What Python makes of `--reason $'\xff'` (surrogateescape): not text PostgreSQL can store.
+    err = io.StringIO()
+    code = main(
+        [
+            "--log-format",
+            "none",
+            "registry",
+            "disable",
+            "scanner",
+            "--dsn",
+            server,
+            "--schema",
+            schema,
+            "--reason",
+            "\udcff",
+        ],
+        out=io.StringIO(),
+        err=err,
+    )
+    assert code == 1
+    assert err.getvalue().count("\n") == 1
+    assert "reason '\\udcff' is invalid: it is not valid UTF-8 text" in err.getvalue()
+    with PostgresPluginRegistry(server, schema=schema) as reader:
+        assert reader.get_plugin("scanner").enabled is True
+
+
+def test_status_lists_every_plugin_and_pages_with_limit_and_after(
+    open_registry: Callable[..., PostgresPluginRegistry], server: str, schema: str
+) -> None:
+    host = open_registry(host_id="pager", join=True)
+    ids = [f"p{n:03d}" for n in range(23)]
+    for plugin_id in ids:
+        host.register(
+            PluginInfo(id=plugin_id, name=plugin_id, version="1", trust_level="trusted"), Capabilities(), actor="t"
+        )
+        host.set_status(plugin_id, S.LOADING, expected=None, actor="t")
+    assert host.flush(timeout_s=10)
+    where = ["--log-format", "none", "status", "--dsn", server, "--schema", schema]
+
+    out = io.StringIO()
+    assert main([*where, "--json"], out=out) == 0
+    document = json.loads(out.getvalue())
+    assert [p["plugin_id"] for p in document["plugins"]] == ids
+    assert {p["state"] for p in document["plugins"]} == {"loading"}
+    assert document["next_after"] is None
+
+    out = io.StringIO()
+    assert main([*where, "--limit", "7", "--after", "p010"], out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert [line.split()[0] for line in lines[2:-1]] == ids[11:18]
+    assert lines[-1] == "(more: --after p017)"
+
+    out = io.StringIO()
+    assert main([*where, "--hosts", "--json", "--limit", "3"], out=out) == 0
+    document = json.loads(out.getvalue())
+    assert [(i["plugin_id"], i["host_id"]) for i in document["instances"]] == [(p, "pager") for p in ids[:3]]
+    assert document["next_after"] == "p002"
