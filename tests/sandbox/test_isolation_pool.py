@@ -148,13 +148,24 @@ def test_every_worker_runs_as_a_uid_and_gid_of_its_own(host: PluginHost, require
 @pytest.fixture
 def nobody_victim() -> Iterator[int]:
     """A process of the shared account 'nobody', which every worker ran as before they got uids of their own."""
-    # /bin/sleep, not this interpreter: nobody may not reach a checkout below a 0700 directory.
-    proc = subprocess.Popen(["/bin/sleep", "60"], stdin=subprocess.DEVNULL, user=65534, group=65534)
+    # /bin/sleep, not this interpreter: nobody may not reach a checkout below a 0700 directory. setpriv, not
+    # Popen(user=...): the child of a threaded process changing ids before exec crashed here now and then.
+    proc = subprocess.Popen([*AS_NOBODY, "/bin/sleep", "60"], stdin=subprocess.DEVNULL)
     try:
+        wait_for(lambda: _ids_are_nobody(proc.pid), "the victim to run as nobody")
         yield proc.pid
     finally:
         proc.kill()
         proc.wait(5)
+
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+
+def _ids_are_nobody(pid: int) -> bool:
+    status = psutil.Process(pid).status()
+    assert status != psutil.STATUS_ZOMBIE, "the victim died before it ran"
+    return ids_of(pid)[0] == [65534] * 4 and "sleep" in psutil.Process(pid).name()
 
 
 def state_of(pid: int) -> dict[str, Any]:
@@ -478,14 +489,11 @@ def test_an_unprivileged_host_confines_its_workers_in_namespaces_of_their_own(op
     for path in (plugin, *plugin.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
     done = subprocess.run(
-        [sys.executable, "-c", _PRIVATE_HOST, str(plugin)],
+        [*AS_NOBODY, sys.executable, "-c", _PRIVATE_HOST, str(plugin)],
         env={**os.environ, "TMPDIR": "/tmp", "HOME": "/tmp"},
         capture_output=True,
         timeout=60,
         check=False,
-        user=65534,
-        group=65534,
-        extra_groups=[],
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     out = json.loads(done.stdout)
