@@ -21,6 +21,7 @@ from plugin_pool.lifecycle import PluginState
 from plugin_pool.model import TrustLevel
 from plugin_pool.registry import InMemoryPluginRegistry
 from plugin_pool.registry.base import EventKind
+from plugin_pool.trust import UnknownTrust
 
 SIDE_EFFECT_VAR = "PLUGIN_POOL_TEST_HOST_DISCOVERY_IMPORTED"
 
@@ -291,6 +292,13 @@ def test_an_entry_point_that_fails_to_import_fails_only_itself(
         "    info = PluginInfo(id='ep-liar', name='Liar', version='1.0', trust_level=TrustLevel.UNTRUSTED)\n"
     )
     (site / "ep_broken_mod.py").write_text("raise ImportError('missing native library')\n")
+    # A distribution that is not allowed: refused from its metadata alone, never imported.
+    other = site / "other_plugins-1.0.dist-info"
+    other.mkdir()
+    (other / "METADATA").write_text("Metadata-Version: 2.1\nName: other-plugins\nVersion: 1.0\n")
+    (other / "entry_points.txt").write_text("[plugin_pool.host_test_plugins]\nep-refused = ep_refused_mod:Plugin\n")
+    (site / "ep_refused_mod.py").write_text(f"import os\nos.environ['{SIDE_EFFECT_VAR}'] = 'refused ran'\n")
+    monkeypatch.delenv(SIDE_EFFECT_VAR, raising=False)
     monkeypatch.syspath_prepend(str(site))
     host = make_host(
         [],
@@ -315,6 +323,14 @@ def test_an_entry_point_that_fails_to_import_fails_only_itself(
     assert "is Untrusted by its own info, so its code never runs in the host process" in (failed["ep-liar"] or "")
     liar = host.get_plugin_health("ep-liar")
     assert liar.trust_level is TrustLevel.UNTRUSTED and liar.state is PluginState.FAILED
+    # Refused before import: listed, Failed, its level unknown (never a placeholder), and it never ran.
+    refused = host.get_plugin_health("ep-refused")
+    assert refused.state is PluginState.FAILED and refused.trust_level is UnknownTrust.UNKNOWN
+    assert refused.to_dict()["trust_level"] == "unknown"
+    assert "not in [discovery] entry_point_distributions" in (refused.reason or "")
+    [listed] = [r for r in health.rejected if r.plugin_id == "ep-refused"]
+    assert listed.kind == "entry_point" and "other-plugins" in listed.source
+    assert SIDE_EFFECT_VAR not in os.environ and "ep_refused_mod" not in sys.modules
     for name in ("ep_good_mod", "ep_broken_mod"):
         monkeypatch.delitem(sys.modules, name, raising=False)
 
