@@ -1,8 +1,11 @@
 """Admission: how plugins come into the host -- added in code, configured, from a folder, or discovered.
 
-Every plugin admitted gets a slot (Discovered) and a registration; one that cannot be admitted (a bad
-entry or manifest, a rejected signature, a changed folder) gets a Failed slot with the reason, audited and
-shown in health, and the others go on. Nothing here starts a plugin (that is the lifecycle part).
+Every plugin admitted gets a slot (Discovered) and a registration, at the trust level the host decides
+(plugin_pool.trust, the one rule). One that cannot be admitted (a bad entry or manifest, a rejected
+signature, what a folder may not hold, a changed folder) is audited once, counted, listed in health
+(``rejected``, for what discovery refused) and, when its id is valid and free, kept as a Failed slot with
+the reason; a duplicate id never touches the plugin that has it. The others go on. Nothing here starts a
+plugin (that is the lifecycle part).
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ class Slot:
     registered: bool = False
     content_hash: ContentHash | None = None
     """Folder plugins: the hash of their files when added (recorded as the registry's assembly_hash); the
-    copy that is loaded is hashed again at start and must match, else the plugin fails naming the change."""
+    private copy made at Loading (copied and hashed in one pass, plugin_pool.staging) must match it, else
+    the plugin fails naming the change."""
     source: str | None = None
     """Where discovery found it (folder or entry point), for health and audit details."""
     disabled: str | None = None

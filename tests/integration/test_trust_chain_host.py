@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import py_compile
+import resource
 import socket
 import stat
 import sys
@@ -226,6 +227,37 @@ def test_a_swap_between_discovery_and_start_fails_only_that_plugin_audited_and_c
     target.write_text(VERIFIED)
     assert host.start_plugin("swap-fifo") is PluginState.ACTIVE
     assert host.invoke("swap-fifo", "scan", 2)["value"] == "verified"
+
+
+def test_an_untrusted_copy_the_host_cannot_write_fails_only_that_plugin_without_an_integrity_audit(
+    tmp_path: Path, hosts: Hosts
+) -> None:
+    root = tmp_path / "plugins"
+    make_plugin(root, "steady", "untrusted")
+    big = make_plugin(root, "big", "untrusted")
+    (big / "data.bin").write_bytes(os.urandom(2 << 20))
+    host = hosts.open(root)
+    host.discover()
+    assert host.start_plugin("steady") is PluginState.ACTIVE  # the pool and its zygote run before the limit
+    # RLIMIT_FSIZE of 1 MiB in this process while "big" starts: the 2 MiB write of its private copy fails
+    # with EFBIG (Python ignores SIGXFSZ), as a full disk would. Restored at once.
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        state = host.start_plugin("big")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert state is PluginState.FAILED
+    reason = host.get_plugin_health("big").reason or ""
+    assert reason.startswith(f"loading failed: plugin folder {big}: cannot write the private copy of data.bin")
+    assert not any(place in reason for place in private_copies(host)), reason
+    events = [e.event for e in host.registry.list_events(plugin_id="big")]
+    assert events[-2:] == [EventKind.LOADING, EventKind.FAILED]  # failed at Loading, no integrity event
+    assert sample(host, "plugin_failures_total", plugin_id="big") == 1.0
+    assert sample_sum(host, "hash_mismatch", ["big"]) == 0
+    assert host.invoke("steady", "scan", 1)["value"] == "verified"
+    assert host.sandbox is not None and host.sandbox.list_worker_pids("big") == []
+    assert host.start_plugin("big") is PluginState.ACTIVE  # the next start, with room to write, succeeds
 
 
 # -- bytecode added to a signed Trusted folder never runs in the host ---------------------------------------------

@@ -225,3 +225,12 @@ def test_add_plugin_dir_judges_a_folder_as_discovery_does(tmp_path: Path) -> Non
         with pytest.raises(TrustViolationError, match="added without content verification runs Untrusted only"):
             host.add_plugin_dir(unsigned, verify_content=False)
         assert [p.plugin_id for p in host.get_health().plugins] == ["signed"]
+
+
+def test_the_harness_runs_one_class_at_each_level_it_will_run_at() -> None:
+    from plugin_pool.testing import PluginHarness
+
+    for level in (B, T):
+        with PluginHarness(Recorder("any-level", B), trust_level=level) as harness:
+            assert harness.host.get_plugin_health("any-level").trust_level is level
+            assert harness.invoke("scan", 3)["payload"] == 3
