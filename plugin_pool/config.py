@@ -359,7 +359,10 @@ class PluginSettings:
         None, "folder of an Untrusted plugin (with plugin.toml) to run in the sandbox; relative to the file"
     )
     trust_level: str | None = _setting(
-        None, "trust level of an entry plugin, 'builtin' or 'trusted'; checked against the plugin's info"
+        None,
+        "the level the host runs this in-process plugin at, 'builtin' or 'trusted' (plugin_pool.trust): required "
+        "with entry; for an entry point (default 'trusted') or an object added in code (default: its info's "
+        "level) it decides too; the plugin's own info need not agree, but one that says 'untrusted' is refused",
     )
     enabled: bool = _setting(True, "whether the plugin is loaded at all")
     config: Mapping[str, Any] = _setting({}, "the plugin's own configuration table")
@@ -550,7 +553,7 @@ def _build_plugin(plugin_id: str, table: Any, source: str) -> PluginSettings:
             source=source,
         )
     trust_level = table.get("trust_level")
-    if entry is not None and trust_level not in {"builtin", "trusted"}:
+    if (entry is not None or trust_level is not None) and trust_level not in {"builtin", "trusted"}:
         raise ConfigError(
             f"{key}.trust_level = {trust_level!r} in {source} is invalid: a plugin loaded from an entry runs "
             f"in the host process, so it must be 'builtin' or 'trusted' (Untrusted plugins are never imported "

@@ -41,10 +41,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from plugin_pool.content import ContentHash, FolderLimits, compute_content_hash
-from plugin_pool.errors import ContentHashMismatchError, IntegrityError, PluginPoolError, SignatureError
+from plugin_pool.errors import (
+    ContentHashMismatchError,
+    IntegrityError,
+    IntegrityRejectedError,
+    PluginPoolError,
+    SignatureError,
+    TrustViolationError,
+)
 from plugin_pool.integrity import load_trusted_keys, verify_plugin
 from plugin_pool.manifest import MANIFEST_NAME, Manifest, ManifestError, check_host_version, read_manifest
 from plugin_pool.model import TrustLevel, is_valid_plugin_id
+from plugin_pool.trust import TrustSource, decide_trust_level
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -62,7 +70,9 @@ __all__ = [
     "check_content_hash",
     "compare_results",
     "discover",
+    "examine_folder",
     "format_discovery_report",
+    "printable",
 ]
 
 _log = logging.getLogger("plugin_pool.discovery")
@@ -126,6 +136,12 @@ class DiscoveredPlugin:
     ``signature``), the label the host counts in ``plugin_integrity_rejections_total{kind}``."""
     duplicate_of: str | None = None
     """For ``error_kind`` ``duplicate``: the source that has the id (this one is the rejected one)."""
+    cause: BaseException | None = field(default=None, repr=False, compare=False)
+    """The error behind a refusal, when there was one (a ManifestError, an IntegrityError): what a caller
+    that adds one folder by hand raises."""
+    rejection: Mapping[str, str] | None = None
+    """For a content rejection (``error_kind`` ``integrity`` with an IntegrityRejectedError): ``kind``,
+    ``file``, ``folder``, ``reason`` and ``fix``, what the host audits as ``integrity_rejected``."""
 
     @property
     def ok(self) -> bool:
@@ -270,6 +286,30 @@ def _plugin_folders(path: Path) -> list[Path]:
     return folders
 
 
+def examine_folder(
+    folder: str | Path,
+    *,
+    trusted_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    unsigned_trusted: str = "reject",
+    host_version: str | None = None,
+    limits: FolderLimits | None = None,
+) -> DiscoveredPlugin:
+    """Judge one plugin folder as discovery does: manifest, host version, hash, signature, trust decision.
+
+    Never raises for what the folder holds: a refusal is a DiscoveredPlugin with ``error`` set. Imports
+    nothing from it. Blocks to read and hash its files; safe to call any number of times. Used for folders
+    named one by one (``[plugins.<id>] path``, ``host.add_plugin_dir``), so they follow the same rule as
+    those found under ``[discovery] paths``.
+    """
+    if host_version is None:
+        from plugin_pool import __version__
+
+        host_version = __version__
+    return _judge_folder(
+        Path(folder), dict(trusted_keys or {}), unsigned_trusted, host_version, limits or FolderLimits()
+    )
+
+
 def _judge_folder(
     folder: Path, keys: Mapping[str, Ed25519PublicKey], unsigned_trusted: str, host_version: str, limits: FolderLimits
 ) -> DiscoveredPlugin:
@@ -286,6 +326,7 @@ def _judge_folder(
             "folder",
             "integrity",
             f"cannot examine this folder ({type(exc).__name__}: {exc}); check its files and permissions",
+            cause=exc,
         )
 
 
@@ -296,51 +337,73 @@ def _examine_folder(
     try:
         manifest = read_manifest(folder)
     except ManifestError as exc:
-        return _error(_valid_id(exc.plugin_id) or _valid_id(folder.name), source, "folder", "manifest", str(exc))
+        return _error(
+            _valid_id(exc.plugin_id) or _valid_id(folder.name), source, "folder", "manifest", str(exc), cause=exc
+        )
     info = manifest.info
     unsupported = check_host_version(manifest, host_version)
     if unsupported is not None:
         return _error(info.id, source, "folder", "host_version", unsupported, manifest=manifest)
     key_id: str | None = None
-    level = info.trust_level
+    problem: str | None = None
     directory = manifest.directory  # resolved once: the folder hashed here is the one staged later
+    content_hash: ContentHash | None = None
     try:
-        if level is TrustLevel.TRUSTED:
+        if info.trust_level is TrustLevel.TRUSTED:
             try:
                 key_id, content_hash = verify_plugin(directory, keys, limits=limits, plugin_id=info.id)
-                decision = f"trusted: signed by key {key_id}"
             except SignatureError as exc:
-                why = _signature_problem(exc)
-                if unsigned_trusted != "downgrade":
-                    return _error(
-                        info.id,
-                        source,
-                        "folder",
-                        "signature",
-                        f"claims Trusted but {why}; sign it with a trusted key (plugin-pool sign) or set "
-                        f'[trust] unsigned_trusted = "downgrade" to run it Untrusted',
-                        manifest=manifest,
-                        integrity_kind=exc.kind,
-                    )
-                content_hash = compute_content_hash(directory, limits=limits, plugin_id=info.id)
-                level = TrustLevel.UNTRUSTED
-                decision = f"untrusted (downgraded: {why})"
-        else:
+                problem = _signature_problem(exc)
+        try:
+            decision = decide_trust_level(
+                info.id,
+                TrustSource.FOLDER,
+                claimed=info.trust_level,
+                signed_by=key_id,
+                signature_problem=problem,
+                unsigned_trusted=unsigned_trusted,
+            )
+        except TrustViolationError as exc:
+            return _error(
+                info.id, source, "folder", "signature", str(exc), manifest=manifest, integrity_kind="signature"
+            )
+        if content_hash is None:
             content_hash = compute_content_hash(directory, limits=limits, plugin_id=info.id)
-            decision = "untrusted: declared by its manifest; runs in the sandbox"
     except IntegrityError as exc:
-        return _error(info.id, source, "folder", "integrity", str(exc), manifest=manifest, integrity_kind=exc.kind)
+        return _error(
+            info.id,
+            source,
+            "folder",
+            "integrity",
+            str(exc),
+            manifest=manifest,
+            integrity_kind=exc.kind,
+            rejection=_rejection_details(exc),
+            cause=exc,
+        )
     return DiscoveredPlugin(
         plugin_id=info.id,
         source=source,
         kind="folder",
-        trust_level=level,
-        decision=decision,
+        trust_level=decision.level,
+        decision=decision.reason,
         priority=manifest.priority,
         manifest=manifest,
         content_hash=content_hash,
         key_id=key_id,
     )
+
+
+def _rejection_details(exc: IntegrityError) -> Mapping[str, str] | None:
+    if not isinstance(exc, IntegrityRejectedError):
+        return None
+    return {
+        "kind": exc.kind,
+        "file": printable(exc.file),
+        "folder": printable(str(exc.folder)),
+        "reason": printable(exc.reason),
+        "fix": exc.fix,
+    }
 
 
 def _signature_problem(exc: SignatureError) -> str:
@@ -406,6 +469,8 @@ def _error(
     priority: int = 0,
     integrity_kind: str | None = None,
     duplicate_of: str | None = None,
+    rejection: Mapping[str, str] | None = None,
+    cause: BaseException | None = None,
 ) -> DiscoveredPlugin:
     verdict = "rejected" if error_kind in ("signature", "integrity", "host_version", "entry_point") else "error"
     return DiscoveredPlugin(
@@ -420,6 +485,8 @@ def _error(
         error_kind=error_kind,
         integrity_kind=integrity_kind,
         duplicate_of=duplicate_of,
+        rejection=rejection,
+        cause=cause,
     )
 
 
@@ -442,6 +509,9 @@ class Discovery:
         distributions = tuple(entry_point_distributions)
         self.limits = limits or FolderLimits()
         """The folder limits this discovery hashes under (the host stages under the same)."""
+        self._keys = dict(trusted_keys or {})
+        self._unsigned_trusted = unsigned_trusted
+        self._host_version = host_version
         self._scan: Callable[[], DiscoveryResult] = lambda: discover(
             paths,
             entry_point_group=entry_point_group,
@@ -469,6 +539,18 @@ class Discovery:
             unsigned_trusted=config.trust.unsigned_trusted,
             host_version=host_version,
             limits=FolderLimits.from_config(config.discovery),
+        )
+
+    def examine_folder(self, folder: str | Path) -> DiscoveredPlugin:
+        """Judge one folder under this discovery's keys, policy and limits (see :func:`examine_folder`).
+
+        Not cached and not part of :meth:`get_result`. Blocks to read and hash the folder."""
+        return examine_folder(
+            folder,
+            trusted_keys=self._keys,
+            unsigned_trusted=self._unsigned_trusted,
+            host_version=self._host_version,
+            limits=self.limits,
         )
 
     def get_result(self) -> DiscoveryResult:
@@ -534,24 +616,27 @@ def format_discovery_report(results: DiscoveryResult | Iterable[DiscoveredPlugin
     for row in loads:
         level = row.trust_level.value if row.trust_level else "in-process"
         digest = f"  {row.content_hash.digest[:23]}" if row.content_hash else ""
-        lines.append(f"  load  {row.plugin_id:<32} {level:<10} prio {row.priority:<4} {_shown(row.source)}{digest}")
-        lines.append(f"        {_shown(row.decision)}")
+        lines.append(f"  load  {row.plugin_id:<32} {level:<10} prio {row.priority:<4} {printable(row.source)}{digest}")
+        lines.append(f"        {printable(row.decision)}")
     for row in fails:
         label = "DUPLICATE" if row.error_kind == "duplicate" else "FAIL"
         kind = row.error_kind + (f"/{row.integrity_kind}" if row.integrity_kind else "") if row.error_kind else ""
-        lines.append(f"  {label}  {row.plugin_id or '-':<32} {_shown(row.source)}")
+        lines.append(f"  {label}  {row.plugin_id or '-':<32} {printable(row.source)}")
         if row.duplicate_of is not None:
-            lines.append(f"        duplicate_rejected: the id belongs to {_shown(row.duplicate_of)}")
-        lines.append(f"        [{kind}] {_shown(row.decision)}")
+            lines.append(f"        duplicate_rejected: the id belongs to {printable(row.duplicate_of)}")
+        lines.append(f"        [{kind}] {printable(row.decision)}")
     for path in skipped:
-        lines.append(f"  SKIP  {_shown(path)}: does not exist or is not a folder")
+        lines.append(f"  SKIP  {printable(path)}: does not exist or is not a folder")
     return "\n".join(lines) + "\n"
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _shown(text: str) -> str:
-    """``text`` with control characters escaped (``\\n``, ``\\x1b``), surrogates from undecodable names too."""
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``), surrogates from undecodable names too.
+
+    What a folder name or a manifest value becomes before it reaches a report line, a log record or an
+    audit event (no forged lines, valid UTF-8 and JSON). Pure."""
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

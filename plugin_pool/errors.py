@@ -174,6 +174,8 @@ class IntegrityRejectedError(IntegrityError):
     ``integrity_rejected`` and counts it in ``plugin_integrity_rejections_total{kind}``.
     """
 
+    kind: str
+
     def __init__(
         self, *, folder: Path | str, file: str, kind: str, reason: str, fix: str, plugin_id: str | None = None
     ) -> None:

@@ -25,17 +25,40 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
+from plugin_pool.errors import REJECTION_KINDS
 from plugin_pool.model import TrustLevel
 from plugin_pool.registry.fleet import RegistryStats
 
-__all__ = ["INTEGRITY_KINDS", "LOAD_BUCKETS_MS", "HostCollector", "HostMetrics", "PluginSample", "RegistryCollector"]
+__all__ = [
+    "DISCOVERY_REJECTION_KINDS",
+    "INTEGRITY_KINDS",
+    "LOAD_BUCKETS_MS",
+    "HostCollector",
+    "HostMetrics",
+    "PluginSample",
+    "RegistryCollector",
+]
 
 LOAD_BUCKETS_MS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0)
 """Buckets of ``plugin_load_duration_ms``: in-process loads take about a millisecond, sandbox boots
 hundreds, and a step may run up to its lifecycle timeout (5 s by default)."""
 
-INTEGRITY_KINDS = ("hash_mismatch", "signature")
-"""The ``kind`` label of ``plugin_integrity_rejections_total``."""
+INTEGRITY_KINDS = ("hash_mismatch", "signature", *REJECTION_KINDS)
+"""The ``kind`` label of ``plugin_integrity_rejections_total``: a content hash mismatch, a rejected signature,
+or what a plugin folder held that it may not (``plugin_pool.errors.REJECTION_KINDS``)."""
+
+DISCOVERY_REJECTION_KINDS = (
+    "manifest",
+    "signature",
+    "integrity",
+    "host_version",
+    "duplicate",
+    "entry_point",
+    "missing_path",
+    "path",
+)
+"""The ``kind`` label of ``plugin_discovery_rejections_total``: why discovery refused a candidate
+(``plugin_pool.discovery.DiscoveredPlugin.error_kind``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +235,17 @@ class HostMetrics:
         )
         self.integrity_rejections = Counter(
             "plugin_integrity_rejections_total",
-            "Plugins refused for a content hash mismatch or a rejected signature",
+            "Plugins refused for their content: a hash mismatch, a rejected signature, or a folder holding what "
+            "a plugin folder may not (symlink, special_file, bytecode, limits, ...); plugin_id is empty when the "
+            "folder has no valid id",
             ["plugin_id", "kind"],
+            registry=None,
+        )
+        self.discovery_rejections = Counter(
+            "plugin_discovery_rejections",
+            "Candidates discovery refused (listed in host.get_health().rejected), by why: manifest, signature, "
+            "integrity, host_version, duplicate, entry_point, missing_path, path",
+            ["kind"],
             registry=None,
         )
         self.collector = HostCollector(samples)
@@ -223,6 +255,7 @@ class HostMetrics:
             self.restarts,
             self.denials,
             self.integrity_rejections,
+            self.discovery_rejections,
             self.collector,
         )
         if registry_stats is not None:
@@ -263,8 +296,15 @@ class HostMetrics:
         """Count one capability denial."""
         self.denials.labels(plugin_id).inc()
 
-    def count_integrity_rejection(self, plugin_id: str, kind: str) -> None:
-        """Count one rejection; ``kind`` is one of :data:`INTEGRITY_KINDS`."""
+    def count_integrity_rejection(self, plugin_id: str | None, kind: str) -> None:
+        """Count one rejection; ``kind`` is one of :data:`INTEGRITY_KINDS`; ``plugin_id`` None (a folder
+        without a valid id) counts under an empty label."""
         if kind not in INTEGRITY_KINDS:
             raise ValueError(f"unknown integrity rejection kind {kind!r}; expected one of {INTEGRITY_KINDS}")
-        self.integrity_rejections.labels(plugin_id, kind).inc()
+        self.integrity_rejections.labels(plugin_id or "", kind).inc()
+
+    def count_discovery_rejection(self, kind: str) -> None:
+        """Count one candidate discovery refused; ``kind`` is one of :data:`DISCOVERY_REJECTION_KINDS`."""
+        if kind not in DISCOVERY_REJECTION_KINDS:
+            raise ValueError(f"unknown discovery rejection kind {kind!r}; expected one of {DISCOVERY_REJECTION_KINDS}")
+        self.discovery_rejections.labels(kind).inc()

@@ -100,6 +100,11 @@ def is_valid_plugin_id(value: object) -> bool:
     return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
+def is_valid_capability_name(value: object) -> bool:
+    """Whether ``value`` is a valid capability name (the rule of :func:`validate_capability_name`). Pure."""
+    return isinstance(value, str) and _CAPABILITY_RE.fullmatch(value) is not None
+
+
 def validate_capability_name(value: object, *, plugin_id: str | None = None) -> str:
     """Return ``value`` if it is a valid capability name, else raise InvalidPluginError. Pure."""
     if not isinstance(value, str) or not _CAPABILITY_RE.fullmatch(value):

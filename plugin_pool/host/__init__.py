@@ -8,7 +8,7 @@ precise error. See docs/ARCHITECTURE.md for the parts.
 """
 
 from plugin_pool.host._core import os_user
-from plugin_pool.host._health import HostHealth, PluginHealth
+from plugin_pool.host._health import HostHealth, PluginHealth, RejectedSource
 from plugin_pool.host._host import PluginClient, PluginHost
 
-__all__ = ["HostHealth", "PluginClient", "PluginHealth", "PluginHost", "os_user"]
+__all__ = ["HostHealth", "PluginClient", "PluginHealth", "PluginHost", "RejectedSource", "os_user"]

@@ -17,13 +17,20 @@ from typing import Any
 
 from plugin_pool._steps import StepRunner
 from plugin_pool.config import Config
-from plugin_pool.errors import HostClosedError
+from plugin_pool.discovery import printable
+from plugin_pool.errors import (
+    ContentHashMismatchError,
+    HostClosedError,
+    IntegrityError,
+    IntegrityRejectedError,
+    SignatureError,
+)
 from plugin_pool.host._slots import SlotTable
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.metrics import HostMetrics
 from plugin_pool.registry.base import EventKind, PluginRegistry
 
-__all__ = ["HostCore", "os_user"]
+__all__ = ["HostCore", "integrity_audit", "os_user"]
 
 _log = logging.getLogger("plugin_pool.host")
 
@@ -95,6 +102,38 @@ class HostCore:
     ) -> None:
         """Write one audit event (as the host, unless ``actor`` names who asked). Blocks on the registry."""
         self.registry.record_event(kind, plugin_id=plugin_id, actor=actor or self.actor, state=state, details=details)
+
+
+def integrity_audit(exc: IntegrityError) -> tuple[EventKind, dict[str, Any], str | None]:
+    """How a plugin refused for its content is audited and counted: (event, details, metric kind).
+
+    ``hash_mismatch`` (the files differ from the registered hash: the changes), ``integrity_rejected`` (what
+    the folder may not hold: kind, file, folder, reason, fix), ``signature_rejected``; the metric kind is
+    the ``kind`` label of ``plugin_integrity_rejections_total`` (None for an IntegrityError of no content
+    kind, audited as ``failed``). Every path is the plugin's own folder, never a private copy. Pure.
+    """
+    reason = printable(str(exc))
+    if isinstance(exc, ContentHashMismatchError):
+        details: dict[str, Any] = {
+            "folder": printable(str(exc.path)),
+            "changes": [printable(c) for c in exc.changes[:100]],
+            "expected": exc.expected.digest,
+            "actual": exc.actual.digest,
+            "reason": reason,
+        }
+        return EventKind.HASH_MISMATCH, details, "hash_mismatch"
+    if isinstance(exc, IntegrityRejectedError):
+        details = {
+            "kind": exc.kind,
+            "file": printable(exc.file),
+            "folder": printable(str(exc.folder)),
+            "reason": printable(exc.reason),
+            "fix": exc.fix,
+        }
+        return EventKind.INTEGRITY_REJECTED, details, exc.kind
+    if isinstance(exc, SignatureError):
+        return EventKind.SIGNATURE_REJECTED, {"folder": printable(str(exc.path)), "reason": reason}, "signature"
+    return EventKind.FAILED, {"reason": reason}, None
 
 
 def _logged(task: Callable[..., None], *args: Any) -> None:

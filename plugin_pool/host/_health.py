@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from plugin_pool._dispatch import CallStatsSnapshot
 from plugin_pool.errors import RequiredPluginError
-from plugin_pool.host._slots import Slot, SlotTable
+from plugin_pool.host._slots import RejectedSource, Slot, SlotTable
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.metrics import PluginSample
 from plugin_pool.model import TrustLevel
+from plugin_pool.trust import UnknownTrust
 
 if TYPE_CHECKING:
     # The sandbox (and grpc with it) is imported only when the first Untrusted plugin starts.
     from plugin_pool.sandbox.pool import PoolStats, SandboxPool
 
-__all__ = ["HostHealth", "PluginHealth", "health_of", "list_metric_samples", "require_active"]
+__all__ = ["HostHealth", "PluginHealth", "RejectedSource", "health_of", "list_metric_samples", "require_active"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,9 @@ class PluginHealth:
     plugin_id: str
     name: str
     version: str
-    trust_level: TrustLevel
+    trust_level: TrustLevel | UnknownTrust
+    """The level the host decided (``UnknownTrust.UNKNOWN`` for a plugin refused before it decided one:
+    a folder whose manifest or Trusted claim failed, an entry point refused before import)."""
     state: PluginState
     reason: str | None
     capabilities: tuple[str, ...]
@@ -73,9 +76,15 @@ class PluginHealth:
 
 @dataclass(frozen=True, slots=True)
 class HostHealth:
-    """The health of every plugin the host knows, in the order they were added."""
+    """The health of every plugin the host knows, in the order they were added, and what discovery refused.
+
+    ``rejected`` lists every folder and entry point the last scan refused, in scan order, whatever it held
+    (those without a valid id and duplicates too): source, kind and reason. A refused candidate whose id
+    was free is also a Failed plugin in ``plugins``.
+    """
 
     plugins: tuple[PluginHealth, ...]
+    rejected: tuple[RejectedSource, ...] = ()
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -87,13 +96,18 @@ class HostHealth:
         """Failed plugin ids mapped to the reason."""
         return {p.plugin_id: p.reason for p in self.plugins if p.state is PluginState.FAILED}
 
+    @property
+    def duplicates(self) -> tuple[RejectedSource, ...]:
+        """The refused sources whose id an earlier source has (``duplicate_of`` names it)."""
+        return tuple(r for r in self.rejected if r.kind == "duplicate")
+
     def is_active(self, plugin_id: str) -> bool:
         """Whether ``plugin_id`` is Active. False for unknown ids."""
         return any(p.plugin_id == plugin_id and p.is_active for p in self.plugins)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible dict."""
-        return {"plugins": [p.to_dict() for p in self.plugins]}
+        return {"plugins": [p.to_dict() for p in self.plugins], "rejected": [r.to_dict() for r in self.rejected]}
 
 
 def health_of(slot: Slot, pool: SandboxPool | None) -> PluginHealth:
@@ -102,7 +116,7 @@ def health_of(slot: Slot, pool: SandboxPool | None) -> PluginHealth:
         plugin_id=slot.info.id,
         name=slot.info.name,
         version=str(slot.info.version),
-        trust_level=slot.info.trust_level,
+        trust_level=slot.info.trust_level if slot.trust_decided else UnknownTrust.UNKNOWN,
         state=slot.state,
         reason=slot.why_not_active,
         capabilities=slot.capabilities.names,

@@ -215,16 +215,24 @@ class PluginHost:
             self._core.services[name] = service
 
     def add_plugin(
-        self, plugin: Plugin, *, config: Mapping[str, Any] | None = None, services: Sequence[str] = ()
+        self,
+        plugin: Plugin,
+        *,
+        config: Mapping[str, Any] | None = None,
+        services: Sequence[str] = (),
+        trust_level: TrustLevel | str | None = None,
     ) -> PluginInfo:
         """Add an in-process plugin object (BuiltIn or Trusted) and register it as Discovered.
 
-        The host vouches for code it adds itself, so the plugin's declared level is taken as is; an
-        Untrusted plugin is refused here (it may only run in the sandbox). Raises InvalidPluginError for
-        a plugin whose info cannot be read, DuplicatePluginError for an id already added (so not safe to
-        call twice for one id). Blocks briefly on the registry.
+        The host decides its level (plugin_pool.trust): ``trust_level`` when given, else its
+        ``[plugins.<id>] trust_level``, else the level its info declares (the host vouches for code it adds
+        itself), so one class runs at any in-process level without a subclass per level. An object whose
+        info says Untrusted is refused (it may only run in the sandbox, from a folder), as is
+        ``trust_level="untrusted"``: TrustViolationError. Returns the info as registered (with the decided
+        level). Raises InvalidPluginError for a plugin whose info cannot be read, DuplicatePluginError for
+        an id already added (so not safe to call twice for one id). Blocks briefly on the registry.
         """
-        return self._admission.add_plugin(plugin, config=config, services=services)
+        return self._admission.add_plugin(plugin, config=config, services=services, trust_level=trust_level)
 
     def add_configured_plugins(self) -> list[str]:
         """Load every enabled ``[plugins.<id>]`` entry of the configuration; return the ids added.
@@ -243,15 +251,20 @@ class PluginHost:
         services: Sequence[str] = (),
         verify_content: bool = True,
     ) -> PluginInfo:
-        """Add an Untrusted plugin from its folder (``plugin.toml`` and its code). Reads and hashes its files.
+        """Add a plugin from its folder (``plugin.toml`` and its code). Reads and hashes its files.
 
-        The plugin's code is never imported in the host: it runs in sandbox workers once started. A folder
-        cannot make itself BuiltIn or Trusted here (Trusted folders come from :meth:`discover`, which checks
-        their signature); such a manifest raises TrustViolationError. Raises ManifestError (an
-        InvalidPluginError) naming the file and field for a bad manifest, IntegrityError for a symlink that
-        leaves the folder. The content hash is recorded as the registry's assembly_hash and checked again on
-        the private copy the workers load; ``verify_content=False`` records none and checks nothing (only
-        for folders the caller prepared itself). Not safe to call twice for one id (DuplicatePluginError).
+        The folder is judged as discovery judges one (plugin_pool.discovery.examine_folder): it runs
+        Untrusted, in sandbox workers, and its code is never imported in the host; or Trusted, in-process,
+        when its manifest says so and its signature verifies by a key of ``[trust] trusted_keys`` (without a
+        valid one it is refused, or downgraded with ``[trust] unsigned_trusted = "downgrade"``). Raises
+        ManifestError (an InvalidPluginError) naming the file and field for a bad manifest,
+        IntegrityRejectedError (``kind``, ``file``, ``fix``) for what a plugin folder may not hold (a symlink,
+        a fifo or device, bytecode, more than the ``[discovery]`` limits), TrustViolationError for a Trusted
+        claim without a valid signature or a ``builtin`` claim, InvalidPluginError for an unsupported host
+        version. The content hash is recorded as the registry's assembly_hash, and the private copy made
+        when the plugin starts must hash to it. ``verify_content=False`` records none and checks nothing
+        (Untrusted only, for folders the caller prepared itself). Not safe to call twice for one id
+        (DuplicatePluginError).
         """
         return self._admission.add_plugin_dir(
             directory, config=config, services=services, verify_content=verify_content
@@ -260,13 +273,15 @@ class PluginHost:
     def discover(self) -> DiscoveryResult:
         """Discover plugins as ``[discovery]`` and ``[trust]`` say and add every one not added yet.
 
-        Untrusted folders run in the sandbox; signed Trusted folders and entry points run in-process
-        (imported only here, for entry points, or at start after the content hash is checked, for Trusted
-        folders). A candidate that cannot be added (bad manifest, rejected signature, duplicate id, entry
-        point that fails to import, a changed folder whose version the registry knows with another hash) is
-        kept as Failed with the reason, audited, and visible in get_health; the others are added. Blocks
-        to read, hash and (entry points) import. The scan is cached: calling it again adds nothing new;
-        use :meth:`rescan` to look again. Raises only for a configuration mistake (a bad trusted key).
+        Untrusted folders run in the sandbox; signed Trusted folders and entry points of allowed
+        distributions run in-process (imported only here, for entry points, or at start from a verified
+        copy, for Trusted folders). Each candidate is judged alone: one refused (bad manifest or id, rejected
+        signature, what a folder may not hold, an entry point not allowed or failing to import, a changed
+        folder whose version the registry knows with another hash) is audited once and counted, listed in
+        ``get_health().rejected``, and kept as Failed with the reason when its id is free; a duplicate id is
+        audited as ``duplicate_rejected`` without touching the plugin that has it. The others are added.
+        Blocks to read, hash and (entry points) import. The scan is cached: calling it again adds nothing
+        new; use :meth:`rescan` to look again. Raises only for a configuration mistake (a bad trusted key).
         """
         return self._admission.discover()
 
@@ -470,10 +485,11 @@ class PluginHost:
     # -- health and operators' reports -------------------------------------------------------------------
 
     def get_health(self) -> HostHealth:
-        """A snapshot of every plugin's state, reason and counters. Takes no host lock, so it never waits
+        """A snapshot of every plugin's state, reason and counters, and of what the last discovery scan
+        refused (``rejected``: source, kind, reason; duplicates too). Takes no host lock, so it never waits
         for a lifecycle step in progress."""
         pool = self.sandbox
-        return HostHealth(tuple(health_of(s, pool) for s in self._slots.snapshot()))
+        return HostHealth(tuple(health_of(s, pool) for s in self._slots.snapshot()), self._slots.rejected)
 
     def get_plugin_health(self, plugin_id: str) -> PluginHealth:
         """One plugin's health (state, reason, counters, workers); raises PluginNotFoundError. Never blocks."""

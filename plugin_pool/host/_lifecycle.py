@@ -25,11 +25,11 @@ from typing import Any
 
 from plugin_pool._loader import load_entry
 from plugin_pool._steps import StepTimeout
+from plugin_pool.content import FolderLimits
 from plugin_pool.context import PluginContext
-from plugin_pool.discovery import check_content_hash
 from plugin_pool.errors import (
-    ContentHashMismatchError,
     IllegalTransitionError,
+    IntegrityError,
     InvalidPluginError,
     LifecycleError,
     LifecycleTimeoutError,
@@ -37,13 +37,15 @@ from plugin_pool.errors import (
     RegistryConflictError,
     TrustViolationError,
 )
-from plugin_pool.host._core import HostCore
+from plugin_pool.host._core import HostCore, integrity_audit
 from plugin_pool.host._routes import PluginRoutes, Router, build_inprocess_routes
-from plugin_pool.host._slots import Slot, log_fields, read_info
+from plugin_pool.host._slots import Slot, log_fields, read_info, reconcile_capabilities
 from plugin_pool.host._untrusted import UntrustedBridge
 from plugin_pool.lifecycle import PluginState, check_transition
 from plugin_pool.model import NETWORK_CAPABILITIES, Capabilities, Plugin, TrustLevel
 from plugin_pool.registry.base import EventKind, RegistryChange
+from plugin_pool.staging import StagedPlugin, remove_staged, stage_plugin
+from plugin_pool.trust import TrustSource, decide_trust_level
 
 __all__ = ["Lifecycle"]
 
@@ -96,8 +98,8 @@ class Lifecycle:
                 routes = self._bridge.load(slot) if slot.sandboxed else self._load(slot)
                 self.transition(slot, _S.INITIALIZING, "initialize", actor)
                 error = self._bridge.boot(slot) if slot.sandboxed else self._initialize(slot)
-            except ContentHashMismatchError as exc:
-                self._audit_hash_mismatch(slot, exc)
+            except IntegrityError as exc:  # staging refused the folder: it changed, or holds what it may not
+                self._audit_integrity(slot, exc)
                 error = f"loading failed: {exc}"
             except Exception as exc:  # whatever the plugin or its folder raised fails this plugin only
                 error = f"{'loading' if slot.state is _S.LOADING else 'starting'} failed: {exc}"
@@ -128,6 +130,8 @@ class Lifecycle:
                 plugin_id=info.id,
                 field="capabilities",
             )
+        if slot.manifest is not None:  # a folder: its signed manifest declares, the code implements
+            caps = reconcile_capabilities(slot, caps)
         if info.trust_level is TrustLevel.UNTRUSTED:  # defence in depth; admission refuses these already
             raise TrustViolationError(f"plugin {info.id!r} is Untrusted", plugin_id=info.id)
         network = sorted(set(caps) & NETWORK_CAPABILITIES)
@@ -148,33 +152,68 @@ class Lifecycle:
         return build_inprocess_routes(self._core, slot, plugin, caps, self._router.get_executor)
 
     def _import_trusted_folder(self, slot: Slot) -> Plugin:
-        """Import a signed Trusted folder plugin from a private copy whose hash matched the registered one.
+        """Import a signed Trusted folder plugin from a verified private copy: what runs is what was verified.
 
-        The folder is copied to a host-private temporary folder, the copy hashed and compared, and then
-        imported as a private package (a unique name whose ``__path__`` is the copy), so the code imported
-        is the code verified, with no window for a change. The plugin's own modules import each other
-        relatively (``from . import rules``); the folder is never put on ``sys.path``.
+        :func:`plugin_pool.staging.stage_plugin` copies the folder to a host-private temporary folder and
+        hashes the same bytes in one pass, against the hash registered at discovery (so against the
+        signature), under the ``[discovery]`` limits; then the host compiles the bytecode of the copy itself.
+        Nothing of the folder is read twice, and no bytecode from outside exists in the copy. The copy is
+        imported as a private package (a unique name whose ``__path__`` is the copy); the plugin's modules
+        import each other relatively (``from . import rules``); the folder is never put on ``sys.path``.
+        Raises ContentHashMismatchError, IntegrityRejectedError, StagingError (naming the plugin's folder).
         """
         manifest = slot.manifest
         assert manifest is not None
-        private = Path(tempfile.mkdtemp(prefix=f"plugin-pool-{slot.info.id}-"))
-        self._private_dirs.append(private)
-        copy = private / "plugin"
-        shutil.copytree(manifest.directory, copy, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-        if slot.content_hash is not None:
-            check_content_hash(slot.info.id, copy, slot.content_hash, shown=manifest.directory)
-        package_name = f"plugin_pool_trusted_{slot.info.id.replace('-', '_')}_{private.name[-8:]}"
-        package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(package_name, None, is_package=True))
-        package.__path__ = [str(copy)]
-        sys.modules[package_name] = package
-        plugin: Plugin = load_entry(manifest.entry, package=package_name)
-        info = read_info(plugin)
-        if info.id != slot.info.id or info.trust_level is not TrustLevel.TRUSTED:
+        if slot.content_hash is None:
             raise TrustViolationError(
-                f"plugin folder {manifest.directory} declares {slot.info.id!r} (trusted) but its entry "
-                f"{manifest.entry!r} says {info.id!r} ({info.trust_level.value}); they must agree",
+                f"plugin folder {manifest.directory}: a Trusted folder runs only from a verified copy, and this "
+                f"one has no registered content hash; add it through discovery or host.add_plugin_dir",
                 plugin_id=slot.info.id,
             )
+        private = Path(tempfile.mkdtemp(prefix=f"plugin-pool-{slot.info.id}-"))
+        try:
+            staged = stage_plugin(
+                manifest.directory,
+                private / "plugin",
+                plugin_id=slot.info.id,
+                expected=slot.content_hash,
+                limits=FolderLimits.from_config(self._core.config.discovery),
+                precompile=True,
+                isolated_compile=False,  # Trusted code runs in this process anyway
+            )
+        except BaseException:
+            remove_staged(private)
+            raise
+        self._private_dirs.append(private)
+        package_name = f"plugin_pool_trusted_{slot.info.id.replace('-', '_')}_{private.name[-8:]}"
+        package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(package_name, None, is_package=True))
+        package.__path__ = [str(staged.path)]
+        sys.modules[package_name] = package
+        try:
+            plugin: Plugin = load_entry(manifest.entry, package=package_name)
+        except Exception as exc:
+            raise InvalidPluginError(
+                f"plugin folder {manifest.directory}: importing its entry {manifest.entry!r} raised "
+                f"{type(exc).__name__}: {_in_folder(str(exc), staged, package_name)}; fix the plugin's code",
+                plugin_id=slot.info.id,
+                field="entry",
+            ) from exc
+        info = read_info(plugin)
+        if info.id != slot.info.id:
+            raise InvalidPluginError(
+                f"plugin folder {manifest.directory} declares id {slot.info.id!r} but its entry "
+                f"{manifest.entry!r} says {info.id!r}; they must agree",
+                plugin_id=slot.info.id,
+                field="id",
+            )
+        # The host decided Trusted from the signature; the object may only refuse in-process (says untrusted).
+        decide_trust_level(
+            slot.info.id,
+            TrustSource.FOLDER,
+            claimed=TrustLevel.TRUSTED,
+            signed_by=slot.signed_by,
+            declared=info.trust_level,
+        )
         return plugin
 
     def _initialize(self, slot: Slot) -> str | None:
@@ -256,14 +295,12 @@ class Lifecycle:
         self.transition(slot, _S.FAILED, reason, actor)
         _log.error("plugin failed: %s", reason, extra=log_fields(slot, "plugin_failed"))
 
-    def _audit_hash_mismatch(self, slot: Slot, exc: ContentHashMismatchError) -> None:
-        self._core.metrics.count_integrity_rejection(slot.info.id, "hash_mismatch")
-        self._core.audit(
-            EventKind.HASH_MISMATCH,
-            slot.info.id,
-            state=slot.state,
-            details={"changes": exc.changes[:100], "expected": exc.expected.digest, "actual": exc.actual.digest},
-        )
+    def _audit_integrity(self, slot: Slot, exc: IntegrityError) -> None:
+        """Audit and count a folder refused while staging (``hash_mismatch`` or ``integrity_rejected``)."""
+        event, details, kind = integrity_audit(exc)
+        if kind is not None:
+            self._core.metrics.count_integrity_rejection(slot.info.id, kind)
+        self._core.audit(event, slot.info.id, state=slot.state, details=details)
 
     # -- the one move ------------------------------------------------------------------------------------------
 
@@ -363,3 +400,8 @@ class Lifecycle:
             _log.warning("plugin %s: enabled by %s", slot.info.id, actor, extra=log_fields(slot, "plugin_enabled"))
             if slot.stopped_by_disable and core.opened:
                 self.start_plugin(slot.info.id, actor=actor)
+
+
+def _in_folder(text: str, staged: StagedPlugin, package_name: str) -> str:
+    """An error text about the private copy, naming the plugin's own folder instead (and no private name)."""
+    return text.replace(str(staged.path), str(staged.source)).replace(package_name + ".", "").replace(package_name, "")

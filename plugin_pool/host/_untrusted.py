@@ -21,17 +21,15 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from plugin_pool._dispatch import CallStats, Route, monitored_route, monitored_timed_route
 from plugin_pool.config import PluginSettings, SandboxConfig, check_pool_size, resolve_pool_size
-from plugin_pool.discovery import check_content_hash
+from plugin_pool.content import FolderLimits
 from plugin_pool.errors import (
     CallTimeoutError,
-    ContentHashMismatchError,
     PluginPoolError,
     PoolOverloadedError,
     QueueTimeoutError,
@@ -39,13 +37,14 @@ from plugin_pool.errors import (
 )
 from plugin_pool.host._core import HostCore
 from plugin_pool.host._routes import PluginRoutes
-from plugin_pool.host._slots import Slot
+from plugin_pool.host._slots import Slot, report_undeclared_capabilities
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.model import NETWORK_CAPABILITIES, thaw_json
 from plugin_pool.registry.base import EventKind
 
 if TYPE_CHECKING:
     from plugin_pool.sandbox.pool import SandboxPool
+    from plugin_pool.sandbox.supervisor import WorkerPlan
 
 __all__ = ["SandboxRoutes", "UntrustedBridge"]
 
@@ -212,6 +211,8 @@ class UntrustedBridge:
         self._routes: dict[str, SandboxRoutes] = {}
         self._bounds: dict[str, tuple[int, int]] = {}
         """The (min, max) workers each plugin was loaded with (resolved once, booted with)."""
+        self._staged: dict[str, WorkerPlan] = {}
+        """Plans staged at Loading and not yet handed to the pool (which owns the copy once it boots)."""
         self._on_failed: FailureHandler | None = None
         self.restarts: Counter[tuple[str, str]] = Counter()
         """Sandbox worker replacements by (plugin id, reason): the seed's sandbox_process_restarts_total."""
@@ -233,9 +234,14 @@ class UntrustedBridge:
     # -- boot and stop -------------------------------------------------------------------------------------
 
     def load(self, slot: Slot) -> SandboxRoutes:
-        """Validate an Untrusted plugin's declared capabilities and build its routes. Imports no plugin code.
+        """Validate an Untrusted plugin's declared capabilities, stage its verified copy, build its routes.
 
-        Raises TrustViolationError for a capability that needs the network (never given to Untrusted code).
+        Imports no plugin code. Staging (:meth:`SandboxPool.stage_plugin`) copies the folder and hashes the
+        same bytes in one pass against the hash registered at discovery, under the ``[discovery]`` limits,
+        then compiles its bytecode in an isolated child: a folder changed or swapped since discovery fails
+        here, at Loading, naming the plugin's folder. Raises TrustViolationError for a capability that needs
+        the network (never given to Untrusted code), ContentHashMismatchError, IntegrityRejectedError or
+        StagingError.
         """
         manifest = slot.manifest
         assert manifest is not None
@@ -250,6 +256,8 @@ class UntrustedBridge:
         pool = self._ensure_pool()
         from plugin_pool.sandbox.pool import RESTART_REASONS  # loaded with the pool above
 
+        self.forget(info.id)  # a copy left by an earlier load that never booted
+        self._staged[info.id] = pool.stage_plugin(self._plan(slot))
         self._core.metrics.add_sandboxed_plugin(info.id, RESTART_REASONS)
         limit_s = float(manifest.resources.get("call_timeout_s", float("inf")))
         stats = CallStats()
@@ -269,18 +277,13 @@ class UntrustedBridge:
         self._routes[info.id] = routes
         return routes
 
-    def boot(self, slot: Slot) -> str | None:
-        """Boot the plugin's first workers (each runs initialize and start under the lifecycle timeouts).
-
-        Returns None when they serve, else the reason. Raises ContentHashMismatchError when the staged copy
-        differs from the hash recorded at discovery (the caller audits it).
-        """
-        from plugin_pool.sandbox.supervisor import BootError, WorkerPlan
+    def _plan(self, slot: Slot) -> WorkerPlan:
+        from plugin_pool.sandbox.supervisor import WorkerPlan
 
         manifest = slot.manifest
-        assert manifest is not None and self._pool is not None
+        assert manifest is not None
         lifecycle = self._core.config.lifecycle
-        plan = WorkerPlan(
+        return WorkerPlan(
             plugin_id=slot.info.id,
             plugin_dir=manifest.directory,
             entry=manifest.entry,
@@ -291,15 +294,26 @@ class UntrustedBridge:
             start_timeout_s=lifecycle.start_timeout_s,
             memory_mb=_int_or_none(manifest.resources.get("memory_mb")),
             cpu_time_s=_int_or_none(manifest.resources.get("cpu_time_s")),
-            verify_staged_copy=_staged_copy_check(slot),
+            content_hash=slot.content_hash,
+            limits=FolderLimits.from_config(self._core.config.discovery),
         )
+
+    def boot(self, slot: Slot) -> str | None:
+        """Boot the plugin's first workers from the copy staged at Loading (each runs initialize and start
+        under the lifecycle timeouts). Returns None when they serve, else the reason (naming the plugin's
+        folder, never the private copy). Reports capabilities its code offers but its manifest does not.
+        """
+        from plugin_pool.sandbox.supervisor import BootError
+
+        plan = self._staged.pop(slot.info.id, None)
+        assert plan is not None and self._pool is not None, "boot() follows a successful load()"
         try:
             low, high = self._bounds[slot.info.id]
-            self._pool.start_plugin(plan, min_workers=low, max_workers=high)
-        except ContentHashMismatchError:
-            raise
+            self._pool.start_plugin(plan, min_workers=low, max_workers=high)  # the pool owns the copy now
         except (BootError, PluginPoolError) as exc:
-            return str(exc)
+            assert slot.manifest is not None
+            return str(exc).replace(str(plan.plugin_dir), str(slot.manifest.directory))
+        report_undeclared_capabilities(slot, self._pool.get_code_capabilities(slot.info.id))
         return None
 
     def stop(self, plugin_id: str, timeout_s: float) -> str | None:
@@ -310,8 +324,12 @@ class UntrustedBridge:
         return self._pool.stop_plugin(plugin_id, timeout_s=timeout_s)
 
     def forget(self, plugin_id: str) -> None:
-        """The plugin left Active without a stop (it failed): drop what the bridge keeps for it."""
+        """The plugin left Active without a stop, or never reached it (it failed): drop what the bridge keeps
+        for it, and a staged copy no worker was booted from. Idempotent."""
         self._routes.pop(plugin_id, None)
+        plan = self._staged.pop(plugin_id, None)
+        if plan is not None and self._pool is not None:
+            self._pool.unstage_plugin(plan)
 
     def _ensure_pool(self) -> SandboxPool:
         if self._pool is None:
@@ -438,19 +456,6 @@ def dispatch_threads(max_workers: int) -> int:
     """Dispatcher threads for a plugin of ``max_workers``: one per worker it may have. (Two per worker, one
     waiting to take a worker over, measured slower on 2 cores: more threads contend for the GIL.)"""
     return max_workers
-
-
-def _staged_copy_check(slot: Slot) -> Callable[[Path], None] | None:
-    expected = slot.content_hash
-    if expected is None or slot.manifest is None:
-        return None
-    plugin_id = slot.info.id
-    original = slot.manifest.directory
-
-    def check(staged: Path) -> None:
-        check_content_hash(plugin_id, staged, expected, shown=original)
-
-    return check
 
 
 def _int_or_none(value: float | None) -> int | None:

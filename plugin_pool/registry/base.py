@@ -56,6 +56,12 @@ class EventKind(enum.StrEnum):
     CAPABILITY_DENIED = "capability_denied"
     HASH_MISMATCH = "hash_mismatch"
     SIGNATURE_REJECTED = "signature_rejected"
+    INTEGRITY_REJECTED = "integrity_rejected"
+    """A plugin folder held what a plugin folder may not (a symlink, a device, bytecode, past a limit ...);
+    details: ``kind``, ``file``, ``folder``, ``reason``, ``fix``."""
+    DUPLICATE_REJECTED = "duplicate_rejected"
+    """A discovered source offered an id an earlier source has; recorded without a plugin id (the running
+    plugin's history stays its own); details: ``plugin_id``, ``source``, ``first_source``."""
     WORKER_RESTARTED = "worker_restarted"
     DISABLED = "disabled"
     ENABLED = "enabled"

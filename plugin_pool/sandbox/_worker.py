@@ -142,6 +142,8 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         """Set by the host's first Initialize: only then is the plugin imported."""
         self.plugin: Any = None
         self.methods: dict[str, Callable[[Any], Any]] = {}
+        self.code_capabilities: list[str] = []
+        """Every capability the plugin's code declares, served or not (Health reports it)."""
         self.async_methods: set[Callable[[Any], Any]] = set()
         self.report: ConfinementReport | None = None
         self.calls = 0
@@ -296,7 +298,7 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
             state="ready" if self.ready.is_set() else "loading",
             calls=self.calls,
             max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            capabilities=sorted(self.methods),
+            capabilities=self.code_capabilities,  # all its code offers: the host reports undeclared ones
             confinement_json=report,
         )
 
@@ -388,6 +390,7 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         capabilities = plugin.capabilities
         if not isinstance(capabilities, Capabilities):
             raise TypeError(f"plugin {self.plugin_id!r} capabilities must be a Capabilities object")
+        self.code_capabilities = sorted(capabilities)
         for name in declared:
             if name not in capabilities:
                 raise ValueError(f"the manifest declares capability {name!r} but the plugin does not")

@@ -182,10 +182,27 @@ class SandboxPool:
 
     # -- plugin lifecycle -------------------------------------------------------------------------------
 
+    def stage_plugin(self, plan: WorkerPlan) -> WorkerPlan:
+        """Make the verified private copy the plugin's workers will load; return the plan pointing at it.
+
+        Workers load a private read-only copy: readable by their uid wherever the folder lives, holding
+        exactly the bytes that were hashed (and checked against ``plan.content_hash``), and the code that
+        runs cannot change under them. The host stages while the plugin is Loading, so a folder that
+        changed or holds what it may not fails the load. Raises ContentHashMismatchError,
+        IntegrityRejectedError or StagingError (see Supervisor.stage_plugin). Blocks on the copy.
+        """
+        return dataclasses.replace(plan, plugin_dir=self.supervisor.stage_plugin(plan))
+
+    def unstage_plugin(self, plan: WorkerPlan) -> None:
+        """Remove a copy made by stage_plugin that was never handed to start_plugin. Idempotent."""
+        self.supervisor.unstage_plugin(plan.plugin_dir)
+
     def start_plugin(self, plan: WorkerPlan, *, min_workers: int | None = None, max_workers: int | None = None) -> None:
         """Boot the plugin's first workers (initialize and start run in each). Blocks.
 
-        Raises BootError (with the worker's last output) if the first worker cannot boot.
+        ``plan`` comes from :meth:`stage_plugin` (or is staged here first); from here the pool owns the copy
+        and removes it when the plugin stops or fails. Raises BootError (with the worker's last output) if
+        the first worker cannot boot.
         """
         low, high = check_pool_size(
             self.config.min_workers if min_workers is None else min_workers,
@@ -193,13 +210,10 @@ class SandboxPool:
             max_total_workers=self.config.max_total_workers,
             where=f"plugins.{plan.plugin_id}",
         )
-        # Workers load a private read-only copy: readable by their uid wherever the folder lives, and
-        # the code that runs cannot change under them after the copy was made.
-        plan = dataclasses.replace(plan, plugin_dir=self.supervisor.stage_plugin(plan.plugin_id, plan.plugin_dir))
+        if not self.supervisor.is_staged(plan.plugin_dir):
+            plan = self.stage_plugin(plan)
         group = _PluginWorkers(plan=plan, min_workers=low, max_workers=high)
         try:
-            if plan.verify_staged_copy is not None:
-                plan.verify_staged_copy(plan.plugin_dir)
             with self._lock:
                 if plan.plugin_id in self._plugins:
                     raise SandboxError(f"plugin {plan.plugin_id!r} already has workers", plugin_id=plan.plugin_id)
@@ -833,6 +847,7 @@ class SandboxPool:
             self._total -= len(workers)
         for handle in workers:
             self.supervisor.kill_worker(handle, "stop")
+        self.supervisor.unstage_plugin(group.plan.plugin_dir)
         _log.error(
             "plugin failed in the sandbox: %s",
             reason,
@@ -866,6 +881,16 @@ class SandboxPool:
                 min_workers=group.min_workers,
                 max_workers=group.max_workers,
             )
+
+    def get_code_capabilities(self, plugin_id: str) -> tuple[str, ...]:
+        """The capabilities the plugin's code declares, as one of its workers reports them (valid names only;
+        empty without a worker that answers). The host compares them with the manifest. Blocks briefly."""
+        group = self._plugins.get(plugin_id)
+        if group is None:
+            return ()
+        with group.lock:
+            handle = next(iter(group.workers), None)
+        return self.supervisor.read_code_capabilities(handle) if handle is not None else ()
 
     def list_worker_pids(self, plugin_id: str) -> list[int]:
         """Pids of the plugin's live workers (for operators and tests)."""

@@ -36,7 +36,9 @@ import plugin_pool
 from plugin_pool._proto.v1 import worker_pb2 as pb
 from plugin_pool._proto.v1 import worker_pb2_grpc as pb_grpc
 from plugin_pool.config import SandboxConfig
+from plugin_pool.content import ContentHash, FolderLimits
 from plugin_pool.errors import ConfinementUnavailableError, SandboxError
+from plugin_pool.model import is_valid_capability_name
 from plugin_pool.sandbox import _codec as codec
 from plugin_pool.sandbox._codec import decode_value, encode_value
 from plugin_pool.sandbox._confine import (
@@ -55,6 +57,8 @@ from plugin_pool.sandbox._frames import FrameReader, encode_frame, write_all
 from plugin_pool.sandbox._worker import BOOT_EXIT_CODES
 from plugin_pool.sandbox.cgroups import CgroupLimits, CgroupTree, WorkerCgroup
 from plugin_pool.sandbox.identities import WorkerIdentities, WorkerIdentity
+from plugin_pool.staging import remove_staged
+from plugin_pool.staging import stage_plugin as stage_verified_copy
 
 __all__ = ["BootError", "Supervisor", "WorkerHandle", "WorkerPlan"]
 
@@ -115,9 +119,11 @@ class WorkerPlan:
     """This plugin's RLIMIT_DATA when lower than ``[sandbox] memory_mb`` (from its manifest's [resources])."""
     cpu_time_s: int | None = None
     """This plugin's RLIMIT_CPU when lower than ``[sandbox] cpu_time_s`` (from its manifest's [resources])."""
-    verify_staged_copy: Callable[[Path], None] | None = None
-    """Called with the private copy right after staging, before any worker boots; raising aborts the start
-    (the host checks the content hash here, so the bytes verified are the bytes the workers load)."""
+    content_hash: ContentHash | None = None
+    """The hash registered at discovery: staging copies ``plugin_dir`` and hashes the same bytes in one pass,
+    and refuses a copy that differs (None: nothing is compared, for folders the caller prepared itself)."""
+    limits: FolderLimits | None = None
+    """The ``[discovery]`` limits the folder is read under while staging (None: the defaults)."""
 
 
 @dataclass(eq=False)
@@ -767,30 +773,50 @@ class Supervisor:
         handle.rss_baseline = _rss_of(handle.pid)
         return handle
 
-    def stage_plugin(self, plugin_id: str, source: Path) -> Path:
-        """Copy a plugin folder to a private place its workers load from; return the copy. Blocks briefly.
+    def stage_plugin(self, plan: WorkerPlan) -> Path:
+        """Make the verified private copy of ``plan.plugin_dir`` its workers load; return the copy. Blocks.
 
-        Directories become 0755 and files 0644, owned by the host: the worker uid can read them but not
-        change them, wherever the original lives (a 0700 home, a temp dir). Symlinks are copied as links,
-        so one that points outside still leads nowhere a worker may read (Landlock).
+        :func:`plugin_pool.staging.stage_plugin`: the folder is copied and hashed in one pass (every file
+        opened ``O_NOFOLLOW|O_NONBLOCK``; symlinks, fifos, sockets, devices and bytecode refused; the
+        ``plan.limits`` enforced), compared with ``plan.content_hash``, then its bytecode is compiled by the
+        host in an isolated child. Directories 0755 and files 0644, owned by the host: the worker uid reads
+        them and cannot change them. Raises ContentHashMismatchError, IntegrityRejectedError (both naming
+        the plugin's folder, never the copy) or StagingError; nothing is left behind then.
         """
         assert self.base_dir is not None
         staged = self.base_dir / "plugins"
         staged.mkdir(mode=0o711, exist_ok=True)
-        target = staged / f"p{next(self._ids)}"
-        shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for dirpath, _, filenames in os.walk(target):
-            os.chmod(dirpath, 0o755)
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                if not os.path.islink(path):
-                    os.chmod(path, 0o644)
-        return target
+        copy = stage_verified_copy(
+            plan.plugin_dir,
+            staged / f"p{next(self._ids)}",
+            plugin_id=plan.plugin_id,
+            expected=plan.content_hash,
+            limits=plan.limits,
+            precompile=True,
+        )
+        return copy.path
+
+    def is_staged(self, path: Path) -> bool:
+        """Whether ``path`` is a copy made by stage_plugin. No side effects."""
+        return self.base_dir is not None and path.parent == self.base_dir / "plugins"
 
     def unstage_plugin(self, staged: Path) -> None:
         """Remove a copy made by stage_plugin (a no-op for any other path). Idempotent."""
-        if self.base_dir is not None and staged.parent == self.base_dir / "plugins":
-            shutil.rmtree(staged, ignore_errors=True)
+        if self.is_staged(staged):
+            remove_staged(staged)
+
+    def read_code_capabilities(self, handle: WorkerHandle, timeout_s: float = 2.0) -> tuple[str, ...]:
+        """The capabilities the plugin's code declares, as the worker reports them (its Health reply): data
+        from an untrusted process, so only valid names, at most 256; empty when it cannot answer. Blocks up
+        to ``timeout_s``."""
+        stub = handle.stub
+        if stub is None or handle.exited.is_set():
+            return ()
+        try:
+            reply = stub.Health(pb.HealthRequest(), timeout=timeout_s)
+        except (grpc.RpcError, ValueError):  # ValueError: the channel was closed (the worker died)
+            return ()
+        return tuple(name for name in list(reply.capabilities)[:256] if is_valid_capability_name(name))
 
     def _make_worker_dirs(self, handle: WorkerHandle) -> None:
         directory = handle.directory

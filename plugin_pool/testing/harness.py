@@ -10,7 +10,7 @@ from typing import Any
 from plugin_pool.config import Config, load_config
 from plugin_pool.host import PluginHealth, PluginHost
 from plugin_pool.lifecycle import PluginState
-from plugin_pool.model import Plugin
+from plugin_pool.model import Plugin, TrustLevel
 from plugin_pool.registry.base import AuditEvent, EventKind
 from plugin_pool.registry.memory import InMemoryPluginRegistry
 
@@ -66,8 +66,10 @@ class PluginHarness:
     """Drives one in-process plugin through its whole lifecycle in a private host with a FakeRegistry.
 
     ``with PluginHarness(plugin) as h`` adds and starts the plugin (raising AssertionError with the reason
-    if it does not become Active, unless ``expect_active=False``), and stops it on exit. Not thread-safe
-    to construct; ``invoke`` is thread-safe.
+    if it does not become Active, unless ``expect_active=False``), and stops it on exit. ``trust_level``
+    runs it at another in-process level than its info declares (the host decides: plugin_pool.trust), so
+    one class is tested at each level it will run at. Not thread-safe to construct; ``invoke`` is
+    thread-safe.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class PluginHarness:
         host_config: Config | None = None,
         lifecycle_timeout_s: float | None = None,
         expect_active: bool = True,
+        trust_level: TrustLevel | str | None = None,
     ) -> None:
         if host_config is None and lifecycle_timeout_s is not None:
             t = lifecycle_timeout_s
@@ -92,6 +95,7 @@ class PluginHarness:
         self._config = dict(config or {})
         self._services: Sequence[str] = tuple(services or ())
         self._expect_active = expect_active
+        self._trust_level = trust_level
 
     def __enter__(self) -> PluginHarness:
         self.start()
@@ -105,7 +109,7 @@ class PluginHarness:
     def start(self) -> PluginState:
         """Open the host, add the plugin and start it; return the state it reached. Blocks."""
         self.host.open()
-        self.host.add_plugin(self.plugin, config=self._config, services=self._services)
+        self.host.add_plugin(self.plugin, config=self._config, services=self._services, trust_level=self._trust_level)
         state = self.host.start_plugin(self.plugin_id)
         if self._expect_active and state is not PluginState.ACTIVE:
             reason = self.host.get_plugin_health(self.plugin_id).reason

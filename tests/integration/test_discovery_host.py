@@ -8,19 +8,20 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _hosts import close_host
 
-from plugin_pool import PluginHost, load_config
+from plugin_pool import PluginHost, PluginSettings, load_config
 from plugin_pool.integrity import load_private_key, sign_plugin, write_keypair
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.model import TrustLevel
 from plugin_pool.registry import InMemoryPluginRegistry
 from plugin_pool.registry.base import EventKind
+from plugin_pool.trust import UnknownTrust
 
 SIDE_EFFECT_VAR = "PLUGIN_POOL_TEST_HOST_DISCOVERY_IMPORTED"
 
@@ -59,13 +60,20 @@ def make_plugin(root: Path, plugin_id: str, *, trust: str = "untrusted") -> Path
     return folder
 
 
-def make_host(paths: list[Path], registry: Any = None, **sections: Mapping[str, Any]) -> PluginHost:
+def make_host(
+    paths: list[Path],
+    registry: Any = None,
+    *,
+    plugins: Mapping[str, PluginSettings] | None = None,
+    **sections: Mapping[str, Any],
+) -> PluginHost:
     overrides: dict[str, Mapping[str, Any]] = {
         "discovery": {"paths": [str(p) for p in paths], "use_entry_points": False, **sections.pop("discovery", {})},
         "sandbox": {"boot_timeout_s": 5.0, "recycle_jitter": 0.0},
         **sections,
     }
-    return PluginHost(load_config(overrides=overrides), registry=registry).open()
+    config = load_config(overrides=overrides)
+    return PluginHost(replace(config, plugins=dict(plugins or {})), registry=registry).open()
 
 
 def hash_events(host: PluginHost, plugin_id: str) -> list[Mapping[str, Any]]:
@@ -227,10 +235,25 @@ def test_bad_manifests_and_duplicates_fail_only_their_plugin(tmp_path: Path, hos
     assert result.skipped_paths == (str(tmp_path / "missing"),)
     assert host.get_plugin_health("fine").state is PluginState.DISCOVERED
     assert "not valid TOML" in host.get_health().failed["broken"]  # type: ignore[operator]
-    duplicate = [e for e in host.registry.list_events(plugin_id="fine") if e.event is EventKind.FAILED]
-    assert duplicate and "duplicate plugin id 'fine'" in str(duplicate[0].details["reason"])
+    # The duplicate has its own event, naming both folders, and the running plugin's history stays its own.
+    assert [e.event for e in host.registry.list_events(plugin_id="fine")] == [EventKind.REGISTERED]
+    [duplicate] = host.registry.list_events(event=EventKind.DUPLICATE_REJECTED)
+    assert duplicate.plugin_id is None
+    assert dict(duplicate.details) == {
+        "plugin_id": "fine",
+        "source": str(tmp_path / "more" / "fine"),
+        "first_source": str(root / "fine"),
+        "reason": duplicate.details["reason"],
+    }
+    assert "duplicate plugin id 'fine'" in str(duplicate.details["reason"])
+    [listed] = host.get_health().duplicates
+    assert (listed.plugin_id, listed.source, listed.duplicate_of) == (
+        "fine",
+        str(tmp_path / "more" / "fine"),
+        str(root / "fine"),
+    )
     host.discover()  # cached: adds nothing, audits nothing twice
-    assert len([e for e in host.registry.list_events(plugin_id="fine") if e.event is EventKind.FAILED]) == 1
+    assert len(host.registry.list_events(event=EventKind.DUPLICATE_REJECTED)) == 1
 
 
 def test_a_changed_folder_with_the_same_version_fails_precisely(tmp_path: Path, hosts: list[PluginHost]) -> None:
@@ -269,6 +292,13 @@ def test_an_entry_point_that_fails_to_import_fails_only_itself(
         "    info = PluginInfo(id='ep-liar', name='Liar', version='1.0', trust_level=TrustLevel.UNTRUSTED)\n"
     )
     (site / "ep_broken_mod.py").write_text("raise ImportError('missing native library')\n")
+    # A distribution that is not allowed: refused from its metadata alone, never imported.
+    other = site / "other_plugins-1.0.dist-info"
+    other.mkdir()
+    (other / "METADATA").write_text("Metadata-Version: 2.1\nName: other-plugins\nVersion: 1.0\n")
+    (other / "entry_points.txt").write_text("[plugin_pool.host_test_plugins]\nep-refused = ep_refused_mod:Plugin\n")
+    (site / "ep_refused_mod.py").write_text(f"import os\nos.environ['{SIDE_EFFECT_VAR}'] = 'refused ran'\n")
+    monkeypatch.delenv(SIDE_EFFECT_VAR, raising=False)
     monkeypatch.syspath_prepend(str(site))
     host = make_host(
         [],
@@ -277,14 +307,30 @@ def test_an_entry_point_that_fails_to_import_fails_only_itself(
             "entry_point_group": "plugin_pool.host_test_plugins",
             "entry_point_distributions": ["ep-plugins"],
         },
+        plugins={"ep-good": PluginSettings(trust_level="builtin")},
     )
     hosts.append(host)
     host.discover()
     host.start_plugins()
+    # Entry points run Trusted (monitored) unless [plugins.<id>] trust_level says otherwise (ep-good says builtin).
     assert host.is_active("ep-good") and host.get_plugin("ep-good").scan(3) == 3
-    failed = host.get_health().failed
+    assert host.get_plugin_health("ep-good").trust_level is TrustLevel.BUILTIN
+    health = host.get_health()
+    failed = health.failed
     assert "ImportError: missing native library" in (failed["ep-broken"] or "")
-    assert "must say builtin or trusted" in (failed["ep-liar"] or "")
+    assert host.get_plugin_health("ep-broken").trust_level is TrustLevel.TRUSTED  # decided before the import
+    # One that says Untrusted is refused, and health shows the level it declared.
+    assert "is Untrusted by its own info, so its code never runs in the host process" in (failed["ep-liar"] or "")
+    liar = host.get_plugin_health("ep-liar")
+    assert liar.trust_level is TrustLevel.UNTRUSTED and liar.state is PluginState.FAILED
+    # Refused before import: listed, Failed, its level unknown (never a placeholder), and it never ran.
+    refused = host.get_plugin_health("ep-refused")
+    assert refused.state is PluginState.FAILED and refused.trust_level is UnknownTrust.UNKNOWN
+    assert refused.to_dict()["trust_level"] == "unknown"
+    assert "not in [discovery] entry_point_distributions" in (refused.reason or "")
+    [listed] = [r for r in health.rejected if r.plugin_id == "ep-refused"]
+    assert listed.kind == "entry_point" and "other-plugins" in listed.source
+    assert SIDE_EFFECT_VAR not in os.environ and "ep_refused_mod" not in sys.modules
     for name in ("ep_good_mod", "ep_broken_mod"):
         monkeypatch.delitem(sys.modules, name, raising=False)
 

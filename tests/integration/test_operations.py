@@ -143,9 +143,9 @@ def test_scripted_scenario_exact_metrics_audit_events_and_json_logs(
         ),
         *((p, e, {"activated": "active"}.get(e, e)) for p in ("hello-world", "keyword-policy") for e in started),
         *((p, e, {"activated": "active"}.get(e, e)) for p in ("alpha", "beta") for e in started),
+        # Staged (copied and hashed in one pass) while Loading: a changed file fails it there.
         ("tampered", "loading", "loading"),
-        ("tampered", "initializing", "initializing"),
-        ("tampered", "hash_mismatch", "initializing"),
+        ("tampered", "hash_mismatch", "loading"),
         ("tampered", "failed", "failed"),
         ("broken", "loading", "loading"),
         ("broken", "initializing", "initializing"),

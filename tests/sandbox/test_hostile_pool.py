@@ -17,7 +17,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -99,7 +98,6 @@ class Hostile:
     logs: _Records
     secret: str
     outside_file: Path
-    plugin_copies: Path
 
     def invoke(self, plugin_id: str, capability: str, payload: Any = None) -> Any:
         return self.host.invoke(plugin_id, capability, payload)
@@ -161,19 +159,13 @@ def _config() -> Any:
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     """One host with every hostile plugin started, a secret in the host environment, and a secret file
-    outside every plugin folder (plus a symlink to it inside a copy of the read-file plugin)."""
+    outside every plugin folder."""
     base = tmp_path_factory.mktemp("hostile")
     outside = base / "outside"
     outside.mkdir()
     secret = f"s3cret-{uuid.uuid4().hex}"
     outside_file = outside / "secret.txt"
     outside_file.write_text(secret)
-    copies = base / "plugins"
-    reader = shutil.copytree(
-        PLUGINS_DIR / "read_file", copies / "read_file", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (reader / "link_to_secret").symlink_to(outside_file)
-    (reader / "link_to_shadow").symlink_to("/etc/shadow")
 
     logs = _Records()
     package_logger = logging.getLogger("plugin_pool")
@@ -186,14 +178,12 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     try:
         host.open()
         for folder in sorted(PLUGINS_DIR.iterdir()):
-            if (folder / "plugin.toml").is_file() and folder.name != "read_file":
+            if (folder / "plugin.toml").is_file():
                 host.add_plugin_dir(folder)
-        # Its symlinks leave the folder on purpose, which content hashing refuses: add it unhashed.
-        host.add_plugin_dir(reader, verify_content=False)
         failed = host.start_plugins().failed
         if failed:
             pytest.fail(f"hostile plugins failed to start: {failed}")
-        yield Hostile(host=host, logs=logs, secret=secret, outside_file=outside_file, plugin_copies=copies)
+        yield Hostile(host=host, logs=logs, secret=secret, outside_file=outside_file)
     finally:
         # Kill the workers first: a graceful stop costs each worker about 0.5 s, one after the other
         # (see the report), which would add ~15 s to this module for nothing it tests.
@@ -303,11 +293,13 @@ def test_reading_outside_the_plugin_folder_is_refused(
     hostile: Hostile, require_layers: Callable[..., None], target: str
 ) -> None:
     require_layers("landlock", "mountns", "pidns")
-    path = {
+    path: Any = {
         "host_environ": f"/proc/{os.getpid()}/environ",
         "outside": str(hostile.outside_file),
-        "link_to_secret": "link_to_secret",  # symlinks inside the plugin's own folder
-        "link_to_shadow": "link_to_shadow",
+        # A folder may not hold a symlink (staging refuses one), so the plugin makes these itself, at run time,
+        # in its own temp dir, and reads through them.
+        "link_to_secret": {"via_link": str(hostile.outside_file)},
+        "link_to_shadow": {"via_link": "/etc/shadow"},
     }.get(target, target)
     result = hostile.invoke("read-file", "read", path)
     # None of these exist in the worker's private root (its /proc shows its own process only); where the
@@ -628,7 +620,9 @@ def test_import_time_side_effects_stay_in_the_worker(hostile: Hostile, require_l
     report = hostile.invoke("import-effects", "report")
     assert report["worker_environ_pwned"] == "1"  # the module really ran its import-time code, there
     assert "PWNED" not in os.environ
-    roots = (str(PLUGINS_DIR.resolve()), str(hostile.plugin_copies.resolve()))
+    assert hostile.host.sandbox is not None and hostile.host.sandbox.supervisor.base_dir is not None
+    # Neither the plugin folders nor the verified copies the workers load were imported in the host.
+    roots = (str(PLUGINS_DIR.resolve()), str(hostile.host.sandbox.supervisor.base_dir.resolve()))
     leaked = [
         name
         for name, module in list(sys.modules.items())

@@ -695,6 +695,13 @@ class Greeter(PluginBase):
 
 class Builtin(PluginBase):
     info = PluginInfo(id="mislevelled", name="Mislevelled", version="1.0.0", trust_level="builtin")
+
+    @capability
+    def scan(self, payload):
+        return payload
+
+class SaysUntrusted(Builtin):
+    info = PluginInfo(id="says-untrusted", name="Says untrusted", version="1.0.0", trust_level="untrusted")
 """
 
 
@@ -726,6 +733,10 @@ def test_add_configured_plugins_loads_entries_and_contains_failures(tmp_path: Pa
             entry = "plugins/greeter.py:Builtin"
             trust_level = "trusted"
 
+            [plugins.says-untrusted]
+            entry = "plugins/greeter.py:SaysUntrusted"
+            trust_level = "builtin"
+
             [plugins.disabled]
             entry = "plugins/missing.py:Nothing"
             trust_level = "builtin"
@@ -739,11 +750,17 @@ def test_add_configured_plugins_loads_entries_and_contains_failures(tmp_path: Pa
         added = host.add_configured_plugins()
         health = host.start_plugins()
 
-        assert added == ["greeter", "broken", "renamed", "mislevelled"]
-        assert health.active == ("greeter",)
+        assert added == ["greeter", "broken", "renamed", "mislevelled", "says-untrusted"]
+        # The host decides the level: a class that says builtin runs Trusted (monitored) as configured.
+        assert health.active == ("greeter", "mislevelled")
         assert host.invoke("greeter", "scan", "world") == "hello world"
+        assert host.invoke("mislevelled", "scan", 7) == 7
+        mislevelled = host.get_plugin_health("mislevelled")
+        assert mislevelled.trust_level is TrustLevel.TRUSTED and mislevelled.stats is not None
+        assert mislevelled.stats.calls == 1
+        assert host.registry.get_plugin("mislevelled").trust_level is TrustLevel.TRUSTED
         failed = dict(health.failed)
-        assert set(failed) == {"broken", "renamed", "mislevelled"}
+        assert set(failed) == {"broken", "renamed", "says-untrusted"}
         assert failed["broken"] == (
             "loading failed: ModuleNotFoundError: No module named 'no_such_module_for_plugin_pool_tests'"
         )
@@ -752,9 +769,10 @@ def test_add_configured_plugins_loads_entries_and_contains_failures(tmp_path: Pa
             "configured as plugin 'renamed' declares id 'greeter'; "
             "rename the [plugins.greeter] table or fix the plugin's info"
         )
-        assert failed["mislevelled"] == (
-            "loading failed: TrustViolationError: plugin 'mislevelled' declares trust level builtin but the "
-            "configuration says trusted; they must agree"
+        # One that says untrusted never runs in-process, whatever the configuration says.
+        assert (failed["says-untrusted"] or "").startswith(
+            "loading failed: TrustViolationError: plugin 'says-untrusted' is Untrusted by its own info, so its "
+            "code never runs in the host process (the host would run it builtin)"
         )
         broken_events = host.registry.list_events(plugin_id="broken")
         assert [(e.event, e.actor) for e in broken_events] == [(EventKind.FAILED, HOST_ACTOR)]
