@@ -291,6 +291,7 @@ class UntrustedBridge:
             start_timeout_s=lifecycle.start_timeout_s,
             memory_mb=_int_or_none(manifest.resources.get("memory_mb")),
             cpu_time_s=_int_or_none(manifest.resources.get("cpu_time_s")),
+            python_path=manifest.python_path,
             verify_staged_copy=_staged_copy_check(slot),
         )
         try:

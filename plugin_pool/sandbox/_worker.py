@@ -20,7 +20,7 @@ import resource
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -376,9 +376,14 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
 
         return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result()
 
-    def load_plugin(self, plugin_dir: str, entry: str, declared: list[str]) -> None:
-        """Import the plugin from ``plugin_dir`` and map each declared capability to its method."""
-        sys.path.insert(0, plugin_dir)  # the plugin's own modules import each other by name
+    def load_plugin(self, plugin_dir: str, entry: str, declared: list[str], python_path: Sequence[str] = ()) -> None:
+        """Import the plugin from ``plugin_dir`` and map each declared capability to its method.
+
+        The plugin's own modules import each other by name (the folder first on ``sys.path``); its
+        ``[python] path`` folders (its vendored dependencies, inside the same verified copy) come next, before
+        the runtime's own site-packages.
+        """
+        sys.path[0:0] = [plugin_dir, *(os.path.join(plugin_dir, *rel.split("/")) for rel in python_path)]
         plugin = load_entry(entry, files=False)
         info = plugin.info
         if info.id != self.plugin_id:
@@ -467,7 +472,12 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
         sys.stderr.write(f"confinement failed: {exc}\n")
         return EXIT_CONFINEMENT_FAILED
     try:
-        servicer.load_plugin(str(spec["plugin_dir"]), str(spec["entry"]), list(spec["capabilities"]))
+        servicer.load_plugin(
+            str(spec["plugin_dir"]),
+            str(spec["entry"]),
+            list(spec["capabilities"]),
+            [str(rel) for rel in spec.get("python_path", ())],
+        )
     except BaseException as exc:
         sys.stderr.write(f"plugin load failed: {type(exc).__name__}: {exc}\n")
         sys.stderr.flush()

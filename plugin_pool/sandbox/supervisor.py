@@ -55,6 +55,8 @@ from plugin_pool.sandbox._frames import FrameReader, encode_frame, write_all
 from plugin_pool.sandbox._worker import BOOT_EXIT_CODES
 from plugin_pool.sandbox.cgroups import CgroupLimits, CgroupTree, WorkerCgroup
 from plugin_pool.sandbox.identities import WorkerIdentities, WorkerIdentity
+from plugin_pool.staging import BytecodeCache
+from plugin_pool.staging import stage_plugin as stage_verified_copy
 
 __all__ = ["BootError", "Supervisor", "WorkerHandle", "WorkerPlan"]
 
@@ -115,6 +117,8 @@ class WorkerPlan:
     """This plugin's RLIMIT_DATA when lower than ``[sandbox] memory_mb`` (from its manifest's [resources])."""
     cpu_time_s: int | None = None
     """This plugin's RLIMIT_CPU when lower than ``[sandbox] cpu_time_s`` (from its manifest's [resources])."""
+    python_path: tuple[str, ...] = ()
+    """The manifest's ``[python] path``: folders of the plugin's copy put on the worker's import path."""
     verify_staged_copy: Callable[[Path], None] | None = None
     """Called with the private copy right after staging, before any worker boots; raising aborts the start
     (the host checks the content hash here, so the bytes verified are the bytes the workers load)."""
@@ -340,6 +344,8 @@ class Supervisor:
         self.identities: WorkerIdentities | None = None
         """Per-worker uids (a root host); None when workers keep the host's uid inside a user namespace."""
         self.cgroups: CgroupTree | None = None
+        self.bytecode_cache: BytecodeCache | None = None
+        """Where bytecode compiled for staged copies is kept by content hash (``[sandbox] bytecode_cache``)."""
         self.user_namespace = False
         self.zygote_restarts = 0
         self.on_idle_cpu: Callable[[WorkerHandle, float], None] | None = None
@@ -357,7 +363,14 @@ class Supervisor:
                 return
             self._opened = True
         self.runtime_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        missing = [p for p in self.config.extra_read_paths if not os.path.exists(p)]
+        if missing:
+            raise SandboxError(
+                f"sandbox.extra_read_paths names {missing[0]!r}, which does not exist; create it or remove it "
+                f"from the list"
+            )
         self._decide_confinement()
+        self.bytecode_cache = _bytecode_cache_for(self.config, self.runtime_dir)
         remove_orphaned_dirs(self.runtime_dir)
         # The host's pid is in the name, so a later host can tell a dead host's leftovers from a live one's.
         self.base_dir = Path(tempfile.mkdtemp(prefix=f"{BASE_DIR_PREFIX}{os.getpid()}-", dir=self.runtime_dir))
@@ -482,7 +495,7 @@ class Supervisor:
     def _read_only_paths(self, plugin_dir: Path | None) -> tuple[str, ...]:
         package_dir = str(Path(plugin_pool.__file__).resolve().parent)
         extra = [package_dir] + ([str(plugin_dir)] if plugin_dir is not None else [])
-        return default_read_only_paths(*extra)
+        return default_read_only_paths(*extra, *self.config.extra_read_paths)
 
     # -- the supervisor loop ---------------------------------------------------------------------------
 
@@ -768,23 +781,20 @@ class Supervisor:
         return handle
 
     def stage_plugin(self, plugin_id: str, source: Path) -> Path:
-        """Copy a plugin folder to a private place its workers load from; return the copy. Blocks briefly.
+        """Copy a plugin folder to a private place its workers load from; return the copy. Blocks.
 
-        Directories become 0755 and files 0644, owned by the host: the worker uid can read them but not
-        change them, wherever the original lives (a 0700 home, a temp dir). Symlinks are copied as links,
-        so one that points outside still leads nowhere a worker may read (Landlock).
+        One pass copies and hashes (``plugin_pool.staging``); the host then gives the copy bytecode compiled
+        from those sources, from the bytecode cache when it holds the copy's digest. Directories are 0755 and
+        files 0644, owned by the host: the worker uid can read them but not change them, wherever the
+        original lives (a 0700 home, a temp dir).
         """
         assert self.base_dir is not None
         staged = self.base_dir / "plugins"
         staged.mkdir(mode=0o711, exist_ok=True)
         target = staged / f"p{next(self._ids)}"
-        shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for dirpath, _, filenames in os.walk(target):
-            os.chmod(dirpath, 0o755)
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                if not os.path.islink(path):
-                    os.chmod(path, 0o644)
+        stage_verified_copy(
+            source, target, plugin_id=plugin_id, expected=None, precompile=True, bytecode_cache=self.bytecode_cache
+        )
         return target
 
     def unstage_plugin(self, staged: Path) -> None:
@@ -867,6 +877,7 @@ class Supervisor:
         return {
             "plugin_id": plan.plugin_id,
             "plugin_dir": str(plan.plugin_dir),
+            "python_path": list(plan.python_path),
             "entry": plan.entry,
             "capabilities": list(plan.capabilities),
             "socket_path": str(handle.socket_path),
@@ -1148,6 +1159,16 @@ class Supervisor:
 
 BASE_DIR_PREFIX = "plugin-pool-"
 SOCKET_NAME = "s"
+
+
+def _bytecode_cache_for(config: SandboxConfig, runtime_dir: Path) -> BytecodeCache | None:
+    """The bytecode cache ``[sandbox] bytecode_cache`` names (None for 'off'), opened (checked)."""
+    where = config.bytecode_cache
+    if where == "off":
+        return None
+    cache = BytecodeCache(runtime_dir / f"bytecode-{os.geteuid()}" if where == "auto" else Path(where))
+    cache.open()
+    return cache
 
 
 def runtime_dir_for(config: SandboxConfig) -> Path:
