@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
+from plugin_pool._cli_plugins import add_plugin_commands
 from plugin_pool._cli_registry import add_registry_commands, add_status_arguments, registry_command, status_command
 from plugin_pool.config import Config, PluginSettings, list_settings, load_config
 from plugin_pool.content import FolderLimits
@@ -665,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--trusted-key", action="append", default=[], help="a trusted public key file or folder")
     disc.add_argument("--unsigned-trusted", choices=("reject", "downgrade"), help="policy for unsigned Trusted")
     disc.set_defaults(func=_cmd_discover)
+
+    add_plugin_commands(sub)
 
     reg = add_registry_commands(sub)
     reg.set_defaults(func=registry_command)
