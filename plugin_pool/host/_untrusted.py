@@ -348,6 +348,13 @@ class UntrustedBridge:
         finally:
             self._core.metrics.count_restart(plugin_id, reason)
             self.restarts[plugin_id, reason] += 1
+            _log.info(
+                "plugin %r: a worker was replaced (%s); %d replacements for this reason so far",
+                plugin_id,
+                reason,
+                self.restarts[plugin_id, reason],
+                extra={"event": "worker_restarted", "pluginId": plugin_id, "trustLevel": "untrusted", "reason": reason},
+            )
 
     def _on_plugin_failed(self, plugin_id: str, reason: str) -> None:
         """The pool gave a plugin up (a zygote reader or supervisor thread): move it on the background thread.

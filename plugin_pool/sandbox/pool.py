@@ -709,6 +709,21 @@ class SandboxPool:
             self._total -= 1
         if not active or handle.killed_for == "stop":
             return
+        # Logged here, where the death is seen (the host logs the replacement, with the same reason).
+        _log.log(
+            logging.INFO if reason == "recycle" else logging.WARNING,
+            "plugin %r: %s (%s)",
+            handle.plugin_id,
+            handle.describe_exit(),
+            reason,
+            extra={
+                "event": "worker_exited",
+                "pluginId": handle.plugin_id,
+                "trustLevel": "untrusted",
+                "pid": handle.pid,
+                "reason": reason,
+            },
+        )
         counted = _counts_toward_crash_loop(handle, reason)
         if counted and self._crash_loop(group):
             return

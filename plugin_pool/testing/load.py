@@ -532,7 +532,8 @@ class LoadDriver:
     """Runs ``threads`` caller threads that make calls of ``kinds`` until ``calls`` calls were made in total
     or ``duration_s`` passed (at least one is required, so a run always ends), or :meth:`stop` is called.
 
-    The kinds are interleaved in proportion to their weights, in an order fixed by ``seed``; sequence
+    The kinds are interleaved in proportion to their weights, in an order fixed by ``seed`` (with
+    ``interleave``: in turn, so each kind gets exactly its share of ``calls`` when it divides); sequence
     numbers are unique across threads. Each thread counts only its own calls (no lock on the call path).
     ``start`` does not block; ``join`` waits (bounded by its timeout) and returns the exact
     :class:`LoadReport`; ``run`` is both. Use it as a context manager to stop and join on the way out. Not
@@ -549,6 +550,7 @@ class LoadDriver:
         grace_s: float = 5.0,
         seed: int = 0,
         keep_failures: int = 20,
+        interleave: bool = False,
     ) -> None:
         if not kinds:
             raise ValueError("LoadDriver needs at least one CallKind")
@@ -563,7 +565,7 @@ class LoadDriver:
         self.calls = calls
         self.duration_s = duration_s
         self.grace_s = grace_s
-        self._schedule = _schedule(self.kinds, seed)
+        self._schedule = _interleaved(self.kinds) if interleave else _schedule(self.kinds, seed)
         self._numbers = itertools.count()
         self._stop = threading.Event()
         self._stats: list[dict[str, _KindStats]] = [{k.name: _KindStats() for k in self.kinds} for _ in range(threads)]
@@ -735,6 +737,15 @@ def _accepts(check: Callable[[int, Any], bool], n: int, value: Any) -> bool:
 def _short(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def _interleaved(kinds: Sequence[CallKind]) -> list[int]:
+    """Kind indexes in turn, each repeated in proportion to its weight (relative to the lightest)."""
+    if any(k.weight <= 0 for k in kinds):
+        raise ValueError("CallKind weights must be > 0 to interleave")
+    lightest = min(k.weight for k in kinds)
+    repeats = [max(1, round(k.weight / lightest)) for k in kinds]
+    return [i for turn in range(max(repeats)) for i, n in enumerate(repeats) if n > turn]
 
 
 def _schedule(kinds: Sequence[CallKind], seed: int) -> list[int]:
