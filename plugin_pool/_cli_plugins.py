@@ -9,6 +9,7 @@ import argparse
 import os
 from typing import Any, TextIO
 
+from plugin_pool._scaffold import TRUST_CHOICES, new_plugin
 from plugin_pool._vendor import vendor_plugin
 from plugin_pool.config import load_config
 from plugin_pool.content import FolderLimits
@@ -39,6 +40,28 @@ def add_plugin_commands(sub: Any) -> None:
         "--config", metavar="FILE", help="read the folder limits ([discovery] max_plugin_bytes ...) from FILE"
     )
     vendor.set_defaults(func=_cmd_vendor)
+
+    new = sub.add_parser("new", help="write a new plugin folder (manifest, code, a test that passes at once, README)")
+    new.add_argument("name", help="the plugin id, e.g. word-counter (the folder is word_counter)")
+    new.add_argument(
+        "--trust",
+        choices=TRUST_CHOICES,
+        default="trusted",
+        help="trusted (in-process once signed; tested in-process) or untrusted (sandbox workers; tested through "
+        "the real sandbox)",
+    )
+    new.add_argument("--dir", default=".", metavar="PARENT", help="where to create the folder (default: here)")
+    new.set_defaults(func=_cmd_new)
+
+
+def _cmd_new(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    folder = new_plugin(args.name, args.dir, trust=args.trust)
+    shown = os.path.relpath(folder)
+    out.write(
+        f"created {shown}/ ({args.trust}): plugin.toml, {folder.name}.py, test_{folder.name}.py, README.md\n"
+        f"test it: python -m pytest {shown}\n"
+    )
+    return 0
 
 
 def _cmd_vendor(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
