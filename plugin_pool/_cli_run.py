@@ -82,7 +82,8 @@ def run_workload(
             f"{', '.join(declared) or 'nothing (no plugin is active)'}; use --capability with one of them",
             key="workload.capability",
         )
-    monkey = ChaosMonkey(host, settle_timeout_s=15.0) if kill_workers else None
+    # Generous: on a loaded machine a replacement may take seconds to boot, and the summary must count it.
+    monkey = ChaosMonkey(host, settle_timeout_s=60.0) if kill_workers else None
     if monkey is not None and not _sandboxed(host):
         raise ConfigError(
             f"--kill-workers {kill_workers}: no Untrusted plugin is active, so there is no sandbox worker to kill; "
@@ -106,8 +107,9 @@ def run_workload(
         progress.join(2.0)
     if monkey is not None:
         killed += _kill_rest(kill_workers - killed, monkey, reporter)
-        monkey.wait_settled()  # every killed worker replaced ...
-        host.drain_background(10.0)  # ... and counted, so the summary shows each replacement
+        if not monkey.wait_settled():  # every killed worker replaced ...
+            reporter.say("pool_unsettled", "the pool had not replaced every killed worker within 60 s")
+        _settle(host)  # ... and counted, so the summary shows each replacement
         if killed < kill_workers:
             why = "; ".join(monkey.errors) or "no live worker could be found settled in time"
             reporter.say(
@@ -117,6 +119,17 @@ def run_workload(
                 requested=kill_workers,
             )
     return _summary(host, work.capability, work.threads, report, killed if monkey is not None else None)
+
+
+def _settle(host: PluginHost, timeout_s: float = 10.0) -> None:
+    """Wait until the supervisor ran every task scheduled so far (a replacement reports itself from there) and
+    the host's background thread handled what they queued (the count of each replacement)."""
+    pool = host.sandbox
+    if pool is not None:
+        reached = threading.Event()
+        pool.supervisor.schedule(0.0, reached.set)
+        reached.wait(timeout_s)
+    host.drain_background(timeout_s)
 
 
 def _sandboxed(host: PluginHost) -> list[str]:

@@ -49,7 +49,7 @@ def test_kill_workers_kills_exactly_n_and_json_keeps_stderr_to_json_lines(tmp_pa
     summary = json.loads(out.getvalue())
     assert summary["killed_workers"] == 2
     [scanner] = [p for p in summary["plugins"] if p["plugin_id"] == "secrets-scanner"]
-    assert scanner["restarts"] == {"crash": 2} and scanner["calls"] == 300
+    assert scanner["restarts"] == {"crash": 2} and scanner["calls"] == 300, err.getvalue()
     assert sum(r.get("event") == "worker_killed" for r in records) == 2
     # Each death and each replacement is logged by the host (not only counted and audited).
     assert sum(r.get("event") == "worker_exited" for r in records) == 2, records

@@ -164,3 +164,21 @@ def _on_host(host: PluginHost, inside: Path) -> Path:
     assert host.sandbox is not None and host.sandbox.supervisor.base_dir is not None
     assert str(inside).startswith(str(host.sandbox.supervisor.base_dir))
     return inside
+
+
+@pytest.mark.parametrize("link", ["to_a_file_outside", "to_etc_shadow"])
+def test_a_symlink_in_a_folder_never_reaches_a_worker_even_unverified(
+    open_host: Callable[..., PluginHost], tmp_path: Path, link: str
+) -> None:
+    # The copy workers load is made by the one reader of plugin folders, which refuses links whatever the
+    # caller asked to verify: the old copytree copied them (a link that Landlock then had to stop).
+    folder = write_plugin(tmp_path, f"deps-link-{link.replace('_', '-')}")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("host secret")
+    (folder / "_vendor" / "leak").symlink_to(outside if link == "to_a_file_outside" else Path("/etc/shadow"))
+    host = open_host({"bytecode_cache": "off"})
+    info = host.add_plugin_dir(folder, verify_content=False)
+    assert host.start_plugin(info.id) is PluginState.FAILED
+    reason = host.get_plugin_health(info.id).reason or ""
+    assert "_vendor/leak" in reason and "symbolic link" in reason and str(folder) in reason
+    assert host.list_worker_pids(info.id) == []
