@@ -709,7 +709,9 @@ class SandboxPool:
             self._total -= 1
         if not active or handle.killed_for == "stop":
             return
-        # Logged here, where the death is seen (the host logs the replacement, with the same reason).
+        self._replace_exited(group, handle, reason)
+        # Logged once the replacement is decided (the host logs the replacement itself, with the same reason):
+        # waiting calls woken above must not get ahead of that decision.
         _log.log(
             logging.INFO if reason == "recycle" else logging.WARNING,
             "plugin %r: %s (%s)",
@@ -724,6 +726,8 @@ class SandboxPool:
                 "reason": reason,
             },
         )
+
+    def _replace_exited(self, group: _PluginWorkers, handle: WorkerHandle, reason: str) -> None:
         counted = _counts_toward_crash_loop(handle, reason)
         if counted and self._crash_loop(group):
             return
