@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         SignatureError,
         StagingError,
         TrustViolationError,
+        VendorError,
         WorkerCrashedError,
     )
     from plugin_pool.host import HostHealth, PluginClient, PluginHealth, PluginHost
@@ -97,6 +98,7 @@ _EXPORTS = {
         "SignatureError",
         "StagingError",
         "TrustViolationError",
+        "VendorError",
         "WorkerCrashedError",
     ),
     "plugin_pool.host": ("HostHealth", "PluginClient", "PluginHealth", "PluginHost"),
@@ -161,6 +163,7 @@ __all__ = [
     "StagingError",
     "TrustLevel",
     "TrustViolationError",
+    "VendorError",
     "WorkerCrashedError",
     "__version__",
     "capability",

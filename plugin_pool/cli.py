@@ -11,17 +11,16 @@ import contextlib
 import inspect
 import json
 import os
-import random
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TextIO
 
+from plugin_pool._cli_plugins import add_plugin_commands
 from plugin_pool._cli_registry import add_registry_commands, add_status_arguments, registry_command, status_command
+from plugin_pool._cli_run import Reporter, format_summary, run_workload
 from plugin_pool.config import Config, PluginSettings, list_settings, load_config
 from plugin_pool.content import FolderLimits
 from plugin_pool.discovery import Discovery, format_discovery_report
@@ -51,38 +50,6 @@ commas or `os.pathsep`. Validation happens at load and names the key and the fil
 Pool sizes (`sandbox.min_workers`, `sandbox.max_workers`, `sandbox.max_total_workers`) can change at
 runtime: `host.apply_pool_sizes(...)`, `host.resize_pool(...)`, or SIGHUP to `plugin-pool run`.
 """
-
-SAMPLE_TEXTS = (
-    "The quick brown fox jumps over the lazy dog.",
-    "user=admin password=hunter2 # do not commit this line",
-    "Quarterly report, confidential until release; the token rotates weekly.",
-    "",
-    "def scan(payload):\n    return {'findings': []}\n",
-    "A longer paragraph of ordinary prose, the kind of text a scanner sees most of the time, with nothing "
-    "secret in it at all, only words that go on for a while so that the payload is a few hundred bytes long "
-    "and the work per call is not entirely trivial for the plugins that count or search its words.",
-)
-
-
-@dataclass
-class _PluginRun:
-    plugin_id: str
-    latencies_ns: list[int] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, latencies: list[int], errors: dict[str, int]) -> None:
-        with self.lock:
-            self.latencies_ns.extend(latencies)
-            for k, v in errors.items():
-                self.errors[k] = self.errors.get(k, 0) + v
-
-
-def _percentile(sorted_ns: list[int], q: float) -> float:
-    if not sorted_ns:
-        return 0.0
-    index = min(len(sorted_ns) - 1, max(0, round(q * (len(sorted_ns) - 1))))
-    return sorted_ns[index] / 1000.0
 
 
 def _build_host(config: Config, entries: Sequence[str], plugin_dirs: Sequence[str] = ()) -> PluginHost:
@@ -147,155 +114,8 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return status_command(args, out, err)
 
 
-def _progress(done: list[int], total: int, stop: threading.Event, out: TextIO) -> None:
-    tty = out.isatty()
-    started = time.monotonic()
-    while not stop.wait(0.5 if tty else 2.0):
-        rate = done[0] / max(time.monotonic() - started, 1e-9)
-        line = f"[run] {done[0]:,}/{total:,} calls ({rate:,.0f}/s)"
-        out.write(("\r" + line) if tty else (line + "\n"))
-        out.flush()
-    if tty:
-        out.write("\r" + " " * 60 + "\r")
-
-
-def _kill_workers(
-    host: PluginHost, count: int, done: list[int], total: int, err: TextIO, stop: threading.Event
-) -> None:
-    """Kill ``count`` sandbox workers with SIGKILL at even points of the workload, to show recovery."""
-    for n in range(1, count + 1):
-        while done[0] < total * n / (count + 1) and not stop.wait(0.01):
-            pass
-        if stop.is_set():
-            return
-        pool = host.sandbox
-        victims = [
-            (plugin_id, pid)
-            for plugin_id in host.get_health().active
-            for pid in (pool.list_worker_pids(plugin_id) if pool is not None else [])
-        ]
-        if not victims:
-            return
-        plugin_id, pid = random.choice(victims)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-        err.write(f"[run] killed worker pid {pid} of plugin {plugin_id!r} on purpose (SIGKILL)\n")
-
-
-def _run_workload(
-    host: PluginHost, config: Config, out: TextIO, err: TextIO, quiet: bool, kill_workers: int = 0
-) -> dict[str, Any]:
-    work = config.workload
-    providers = host.list_providers(work.capability)
-    runs = {pid: _PluginRun(pid) for pid in providers}
-    total = work.calls * len(providers)
-    done = [0]
-    done_lock = threading.Lock()
-
-    def drive(plugin_id: str, start: int, count: int) -> None:
-        latencies: list[int] = []
-        errors: dict[str, int] = {}
-        clock = time.perf_counter_ns
-        invoke = host.invoke
-        cap = work.capability
-        for i in range(start, start + count):
-            payload = SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]
-            t0 = clock()
-            try:
-                invoke(plugin_id, cap, payload)
-            except PluginPoolError as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-            latencies.append(clock() - t0)
-            if len(latencies) % 100 == 0:
-                with done_lock:
-                    done[0] += 100
-        runs[plugin_id].add(latencies, errors)
-
-    stop = threading.Event()
-    progress = None
-    if not quiet and total:
-        progress = threading.Thread(target=_progress, args=(done, total, stop, err), daemon=True)
-        progress.start()
-    killer = None
-    if kill_workers:
-        killer = threading.Thread(target=_kill_workers, args=(host, kill_workers, done, total, err, stop), daemon=True)
-        killer.start()
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=work.threads, thread_name_prefix="plugin-pool-run") as pool:
-        futures = []
-        for pid in providers:
-            share, extra = divmod(work.calls, work.threads)
-            offset = 0
-            for t in range(work.threads):
-                count = share + (1 if t < extra else 0)
-                futures.append(pool.submit(drive, pid, offset, count))
-                offset += count
-        for f in futures:
-            f.result()
-    elapsed = time.perf_counter() - started
-    stop.set()
-    for thread in (progress, killer):
-        if thread is not None:
-            thread.join(2.0)
-    summary: dict[str, Any] = {
-        "capability": work.capability,
-        "threads": work.threads,
-        "elapsed_s": round(elapsed, 3),
-        "plugins": [],
-    }
-    for p in host.get_health().plugins:
-        run = runs.get(p.plugin_id)
-        lat = sorted(run.latencies_ns) if run else []
-        summary["plugins"].append(
-            {
-                "plugin_id": p.plugin_id,
-                "trust_level": p.trust_level.value,
-                "state": p.state.value,
-                "reason": p.reason,
-                "calls": len(lat),
-                "errors": sum(run.errors.values()) if run else 0,
-                "errors_by_type": dict(run.errors) if run else {},
-                "p50_us": round(_percentile(lat, 0.50), 2),
-                "p99_us": round(_percentile(lat, 0.99), 2),
-                "restarts": dict(p.workers.restarts) if p.workers is not None else {},
-            }
-        )
-    return summary
-
-
-def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
-    out.write(
-        f"\nworkload: capability {summary['capability']!r}, {summary['threads']} threads, {summary['elapsed_s']} s\n"
-    )
-    header = ("PLUGIN", "TRUST", "STATE", "CALLS", "ERRORS", "P50 µs", "P99 µs", "WORKER RESTARTS")
-    rows = [header] + [
-        (
-            p["plugin_id"],
-            p["trust_level"],
-            p["state"],
-            f"{p['calls']:,}",
-            f"{p['errors']:,}",
-            f"{p['p50_us']:.1f}",
-            f"{p['p99_us']:.1f}",
-            ", ".join(f"{reason} {n}" for reason, n in sorted(p["restarts"].items()))
-            or ("0" if p["trust_level"] == "untrusted" else "-"),
-        )
-        for p in summary["plugins"]
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
-    for p in summary["plugins"]:
-        if p["reason"]:
-            out.write(f"  {p['plugin_id']}: {p['reason']}\n")
-        for kind, n in sorted(p["errors_by_type"].items()):
-            out.write(f"  {p['plugin_id']}: {n:,} calls failed with {kind}\n")
-
-
 @contextlib.contextmanager
-def _serve_metrics(host: PluginHost, port: int | None, err: TextIO) -> Iterator[int | None]:
+def _serve_metrics(host: PluginHost, port: int | None, reporter: Reporter) -> Iterator[int | None]:
     """Serve the host's metrics on http://127.0.0.1:PORT/metrics while the block runs (port 0: any free
     port); yield the port, or None when no port was asked for."""
     if port is None:
@@ -305,7 +125,7 @@ def _serve_metrics(host: PluginHost, port: int | None, err: TextIO) -> Iterator[
 
     server, thread = start_http_server(port, addr="127.0.0.1", registry=host.metrics_registry)
     bound = int(server.server_port)
-    err.write(f"[run] metrics on http://127.0.0.1:{bound}/metrics\n")
+    reporter.say("metrics_serving", f"metrics on http://127.0.0.1:{bound}/metrics", port=bound)
     try:
         yield bound
     finally:
@@ -314,26 +134,29 @@ def _serve_metrics(host: PluginHost, port: int | None, err: TextIO) -> Iterator[
         thread.join(5.0)
 
 
-def reload_pool_sizes(host: PluginHost, path: str, err: TextIO) -> bool:
+def reload_pool_sizes(host: PluginHost, path: str, err: TextIO | Reporter) -> bool:
     """Read ``path`` again (with the environment) and apply its pool sizes to the running host; report on
-    ``err``. A bad file changes nothing and is reported. Returns whether the sizes were applied."""
+    ``err`` (a stream, or the run's Reporter: JSON lines with ``--json``). A bad file changes nothing and is
+    reported. Returns whether the sizes were applied."""
+    reporter = err if isinstance(err, Reporter) else Reporter(err, as_json=False)
     try:
         reloaded = load_config(path, env=os.environ)
         sandbox = reloaded.sandbox
         sized = host.apply_pool_sizes(sandbox, plugins=reloaded.plugins)
     except PluginPoolError as exc:
-        err.write(f"[run] reload of {path} not applied: {exc}\n")
+        reporter.say("reload_refused", f"reload of {path} not applied: {exc}")
         return False
     pools = ", ".join(f"{pid} {low}..{high}" for pid, (low, high) in sized.items()) or "no sandboxed plugins"
-    err.write(
-        f"[run] reloaded pool sizes from {path}: max_total_workers {sandbox.max_total_workers}, "
-        f"defaults {sandbox.min_workers}..{sandbox.max_workers}; {pools}\n"
+    reporter.say(
+        "reloaded",
+        f"reloaded pool sizes from {path}: max_total_workers {sandbox.max_total_workers}, "
+        f"defaults {sandbox.min_workers}..{sandbox.max_workers}; {pools}",
     )
     return True
 
 
 @contextlib.contextmanager
-def _reload_on_sighup(host: PluginHost, path: str | None, err: TextIO) -> Iterator[threading.Event | None]:
+def _reload_on_sighup(host: PluginHost, path: str | None, err: TextIO | Reporter) -> Iterator[threading.Event | None]:
     """While the block runs, SIGHUP reloads the pool sizes of ``path`` (main thread only; no file, no
     handler). The handler only sets an event; a thread does the work, so a resize never runs inside a
     signal handler. Yields the event (setting it has the effect of a SIGHUP), or None."""
@@ -369,30 +192,56 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if getattr(args, key) is not None:
             overrides["workload"][key] = getattr(args, key)
     config = load_config(args.config, env=os.environ, overrides=overrides)
+    if args.kill_workers < 0 or (args.linger is not None and args.linger < 0):
+        raise ConfigError("--kill-workers and --linger take a number >= 0", key="--kill-workers")
+    reporter = Reporter(err, as_json=args.json)
     with (
-        _build_host(config, args.plugin) as host,
-        _serve_metrics(host, args.metrics_port, err),
-        _reload_on_sighup(host, args.config, err),
+        _build_host(config, args.plugin, args.plugin_dir) as host,
+        _serve_metrics(host, args.metrics_port, reporter) as port,
+        _reload_on_sighup(host, args.config, reporter),
     ):
         health = host.start_plugins()
         if not args.json:
             _print_health(health, out)
-        summary = _run_workload(host, config, out, err, quiet=args.quiet or args.json, kill_workers=args.kill_workers)
-    if args.json:
-        out.write(json.dumps(summary, indent=2) + "\n")
-    else:
-        _print_summary(summary, out)
-    failed = [p for p in summary["plugins"] if p["state"] == "failed" or p["errors"]]
-    return 1 if failed and args.strict else 0
+        summary = run_workload(
+            host, config, out, reporter, quiet=args.quiet or args.json, kill_workers=args.kill_workers
+        )
+        out.write(json.dumps(summary, indent=2) + "\n" if args.json else format_summary(summary))
+        out.flush()
+        if args.linger:
+            _linger(args.linger, port, reporter)
+    failed = [p["plugin_id"] for p in summary["plugins"] if p["state"] == "failed"]
+    if failed:
+        reporter.say("plugins_failed", f"{len(failed)} plugin(s) failed: {', '.join(failed)}", plugins=failed)
+        return 1
+    return 1 if args.strict and any(p["errors"] for p in summary["plugins"]) else 0
+
+
+def _linger(seconds: float, port: int | None, reporter: Reporter) -> None:
+    """Keep the host (and the metrics endpoint) up after the workload for ``seconds``, or until SIGINT or
+    SIGTERM, so the final values can be scraped."""
+    where = f" on http://127.0.0.1:{port}/metrics" if port is not None else " (no --metrics-port: nothing served)"
+    reporter.say("lingering", f"workload done; metrics stay up{where} for {seconds:g} s (Ctrl-C ends it)")
+    done = threading.Event()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handlers[signum] = signal.signal(signum, lambda *_: done.set())
+    try:
+        done.wait(seconds)
+    finally:
+        for signum, previous in handlers.items():
+            signal.signal(signum, previous)
 
 
 def _cmd_discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load_config(args.config, env=os.environ)
     overrides: dict[str, Any] = {}
-    if args.path:
-        overrides["discovery"] = replace(
-            config.discovery, paths=(*config.discovery.paths, *map(os.path.abspath, args.path))
-        )
+    # The folders of [plugins.<id>] path tables load too (add_configured_plugins): show them with the rest.
+    configured = [s.path for s in config.plugins.values() if s.path is not None and s.enabled]
+    if args.path or configured:
+        paths = dict.fromkeys((*config.discovery.paths, *configured, *map(os.path.abspath, args.path)))
+        overrides["discovery"] = replace(config.discovery, paths=tuple(paths))
     if args.trusted_key or args.unsigned_trusted:
         overrides["trust"] = replace(
             config.trust,
@@ -406,7 +255,7 @@ def _cmd_discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load_config(args.config, env=os.environ)
-    with _build_host(config, args.plugin) as host:
+    with _build_host(config, args.plugin, getattr(args, "plugin_dir", ())) as host:
         health = host.start_plugins()
         if args.json:
             out.write(json.dumps(health.to_dict(), indent=2) + "\n")
@@ -417,23 +266,42 @@ def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.action == "check":
-        config = load_config(args.file, env=os.environ)
-        out.write(f"{args.file}: OK ({len(config.plugins)} plugins configured)\n")
+        from plugin_pool._config_check import check_config
+
+        config = load_config(args.file, env=os.environ)  # a file that does not load: exit 2, as any command
+        findings = check_config(config)
+        errors = sum(f.level == "error" for f in findings)
+        warnings = len(findings) - errors
+        for finding in findings:
+            out.write(finding.format() + "\n")
+        if errors:
+            out.write(f"{args.file}: {errors} error{'s' if errors != 1 else ''}, {warnings} warning(s)\n")
+            return 1
+        out.write(
+            f"{args.file}: OK ({len(config.plugins)} plugins configured"
+            f"{f', {warnings} warning(s)' if warnings else ''})\n"
+        )
         return 0
     text = format_settings_doc()
-    if args.check is None:
+    target = args.check_docs or args.check
+    if args.check and not args.check_docs:
+        err.write(
+            "plugin-pool: 'config settings --check' is renamed '--check-docs' (it compares the generated settings "
+            "document, not your configuration: that is 'config check FILE')\n"
+        )
+    if target is None:
         out.write(text)
         return 0
     try:
-        with open(args.check, encoding="utf-8") as fh:
+        with open(target, encoding="utf-8") as fh:
             current = fh.read()
     except FileNotFoundError:
         current = None
     if current == text:
-        out.write(f"{args.check}: up to date\n")
+        out.write(f"{target}: up to date\n")
         return 0
     err.write(
-        f"plugin-pool: {args.check} is {'missing' if current is None else 'stale'}: it differs from the settings in "
+        f"plugin-pool: {target} is {'missing' if current is None else 'stale'}: it differs from the settings in "
         f"plugin_pool.config; regenerate it with scripts/gen_config_docs.py\n"
     )
     return 1
@@ -594,9 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--calls", type=int, help="calls per plugin (overrides [workload] calls)")
     run.add_argument("--threads", type=int, help="caller threads (overrides [workload] threads)")
     run.add_argument("--capability", help="capability to call (overrides [workload] capability)")
-    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON; stderr then holds only JSON lines")
     run.add_argument(
-        "--kill-workers", type=int, default=0, metavar="N", help="SIGKILL N sandbox workers during the run (a demo)"
+        "--kill-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="SIGKILL N sandbox workers during the run, each once the pool has settled (a demo of recovery); "
+        "says how many it killed and why not all",
     )
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument(
@@ -605,7 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics during the run (0: any free port)",
     )
-    run.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed or any call failed")
+    run.add_argument(
+        "--plugin-dir", action="append", default=[], metavar="DIR", help="add a plugin folder (repeatable)"
+    )
+    run.add_argument(
+        "--linger",
+        type=float,
+        metavar="S",
+        help="after the workload, keep the host and its metrics endpoint up for S seconds (or until Ctrl-C), so "
+        "the final values can be scraped",
+    )
+    run.add_argument(
+        "--strict", action="store_true", help="also exit 1 if any call failed (a failed plugin always does)"
+    )
     run.set_defaults(func=_cmd_run)
 
     for name, func, text in (
@@ -625,7 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
             default=[],
             help=plugin_help if name == "list" else "list: " + plugin_help + "; status: only plugin ID (repeatable)",
         )
-        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.add_argument("--json", action="store_true", help="print JSON; stderr then holds only JSON lines")
+        cmd.add_argument(
+            "--plugin-dir", action="append", default=[], metavar="DIR", help="add a plugin folder (repeatable)"
+        )
         if name == "status":
             add_status_arguments(cmd)
         cmd.set_defaults(func=func)
@@ -666,17 +554,26 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--unsigned-trusted", choices=("reject", "downgrade"), help="policy for unsigned Trusted")
     disc.set_defaults(func=_cmd_discover)
 
+    add_plugin_commands(sub)
+
     reg = add_registry_commands(sub)
     reg.set_defaults(func=registry_command)
 
     cfg = sub.add_parser("config", help="check a configuration file, or list every setting")
     cfg_sub = cfg.add_subparsers(dest="action", required=True)
-    check = cfg_sub.add_parser("check", help="validate FILE and report the first error")
+    check = cfg_sub.add_parser(
+        "check",
+        help="validate FILE without running anything: values, pool bounds across sources, plugin folders, "
+        "entries, keys, layer names, [plugins.<id>] tables that match no plugin (exit 1 on an error)",
+    )
     check.add_argument("file")
     settings = cfg_sub.add_parser("settings", help="print every setting (docs/CONFIGURATION.md) as Markdown")
     settings.add_argument(
-        "--check", metavar="FILE", help="exit 1 if FILE differs from what this prints (a drift check for the docs)"
+        "--check-docs",
+        metavar="DOC",
+        help="exit 1 if the generated settings document DOC (docs/CONFIGURATION.md) differs from what this prints",
     )
+    settings.add_argument("--check", metavar="DOC", help=argparse.SUPPRESS)  # the old name of --check-docs
     cfg.set_defaults(func=_cmd_config)
     return parser
 
@@ -688,15 +585,24 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     args = build_parser().parse_args(argv)
     if args.log_format == "json":
         configure_json_logging(args.log_level.upper(), err)
+    as_json = bool(getattr(args, "json", False))
     try:
         code: int = args.func(args, out, err)
         return code
     except ConfigError as exc:
-        err.write(f"plugin-pool: configuration error: {exc}\n")
+        _write_error(err, as_json, "configuration_error", f"configuration error: {exc}")
         return 2
     except PluginPoolError as exc:
-        err.write(f"plugin-pool: {exc}\n")
+        _write_error(err, as_json, "error", str(exc))
         return 1
+
+
+def _write_error(err: TextIO, as_json: bool, event: str, message: str) -> None:
+    """The command's final error: a JSON line with ``--json`` (stderr then holds only JSON lines)."""
+    if as_json:
+        err.write(json.dumps({"event": event, "level": "ERROR", "message": message}) + "\n")
+    else:
+        err.write(f"plugin-pool: {message}\n")
 
 
 if __name__ == "__main__":

@@ -211,6 +211,22 @@ class SandboxConfig:
         0.05, "first delay before replacing a crashed worker; it doubles with each recent crash", unit="s", minimum=0
     )
     restart_backoff_max_s: float = _setting(5.0, "longest delay before replacing a crashed worker", unit="s", minimum=0)
+    extra_read_paths: tuple[str, ...] = _setting(
+        (),
+        "folders (or files) every worker of every Untrusted plugin may read, for a dependency tree the operator "
+        "shares between plugins: each is bound read-only into the workers' private root and added to their "
+        "Landlock rules. This grants every Untrusted plugin read access to everything below it (secrets "
+        "included): prefer dependencies vendored inside the plugin folder (plugin-pool vendor). Relative to "
+        "the file; '/' is refused",
+        check=lambda paths: _check_read_paths(paths),
+    )
+    bytecode_cache: str = _setting(
+        "auto",
+        "where the host keeps the bytecode it compiles from verified plugin sources, keyed by content hash, so "
+        "a plugin started again (or by a restarted host) does not compile again: 'auto' (a folder "
+        "'bytecode-<uid>' in runtime_dir), 'off' (compile at every start), or a folder; the folder must be "
+        "owned by the host's uid and writable by nobody else, or the cache is not used",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +418,16 @@ _SECTIONS: Mapping[str, type[Any]] = MappingProxyType(
         "registry": RegistryConfig,
     }
 )
-_PATH_SETTINGS = (("discovery", "paths"), ("trust", "trusted_keys"))
+_PATH_SETTINGS = (("discovery", "paths"), ("trust", "trusted_keys"), ("sandbox", "extra_read_paths"))
+
+
+def _check_read_paths(paths: tuple[str, ...]) -> None:
+    """``sandbox.extra_read_paths``: never the whole filesystem, never a path with a NUL."""
+    for path in paths:
+        if "\0" in path:
+            raise ValueError(f"{path!r:.80} holds a NUL character")
+        if os.path.normpath(path) in {"/", "//"}:
+            raise ValueError("'/' would let every Untrusted worker read the whole filesystem; name the folders")
 
 
 def _field_type(cls: type[Any], name: str) -> str:

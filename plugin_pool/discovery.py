@@ -229,7 +229,11 @@ def discover(
     for raw in paths:
         path = Path(raw)
         if not os.path.isdir(path):  # never raises (Path.is_dir raises for EACCES)
-            _log.warning("discovery path skipped: %s does not exist or is not a folder", path)
+            _log.warning(
+                "discovery path skipped: %s does not exist or is not a folder",
+                path,
+                extra={"event": "discovery_path_skipped", "pluginId": None, "trustLevel": None, "path": str(path)},
+            )
             skipped.append(str(path))
             continue
         try:
@@ -261,11 +265,28 @@ def discover(
         if candidate.ok:
             assert candidate.plugin_id is not None
             accepted[candidate.plugin_id] = candidate
+            _log.info("discovery: %s: %s", candidate.source, candidate.decision, extra=_log_fields(candidate))
         else:
-            _log.warning("discovery: %s: %s", candidate.source, candidate.error)
+            _log.warning("discovery: %s: %s", candidate.source, candidate.error, extra=_log_fields(candidate))
             errors.append(candidate)
     ordered = sorted(accepted.values(), key=lambda p: (-p.priority, p.plugin_id or ""))
     return DiscoveryResult(plugins=tuple(ordered), errors=tuple(errors), skipped_paths=tuple(skipped))
+
+
+def _log_fields(candidate: DiscoveredPlugin) -> dict[str, str | None]:
+    """The seed's log fields of one discovery decision: ``event``, ``pluginId`` (None when no valid id could be
+    read), ``trustLevel`` (decided, else declared by the manifest, else None) and the source."""
+    level = candidate.trust_level or (candidate.manifest.info.trust_level if candidate.manifest else None)
+    if candidate.ok:
+        event = "plugin_discovered"
+    else:
+        event = "duplicate_rejected" if candidate.error_kind == "duplicate" else "discovery_rejected"
+    return {
+        "event": event,
+        "pluginId": candidate.plugin_id,
+        "trustLevel": level.value if level is not None else None,
+        "source": candidate.source,
+    }
 
 
 def _plugin_folders(path: Path) -> list[Path]:
@@ -281,7 +302,12 @@ def _plugin_folders(path: Path) -> list[Path]:
             if child.is_dir() and os.path.lexists(child / MANIFEST_NAME):
                 folders.append(child)
         except OSError as exc:
-            _log.warning("discovery: %s skipped: cannot be read (%s)", child, exc.strerror)
+            _log.warning(
+                "discovery: %s skipped: cannot be read (%s)",
+                child,
+                exc.strerror,
+                extra={"event": "discovery_unreadable", "pluginId": None, "trustLevel": None, "path": str(child)},
+            )
             folders.append(child)  # judged (and rejected with the reason) like any other folder
     return folders
 
@@ -319,7 +345,11 @@ def _judge_folder(
     except (PluginPoolError, OSError, ValueError, RecursionError) as exc:
         # Every expected problem is handled in _examine_folder; this is the guarantee that one folder
         # cannot stop the scan, whatever it holds.
-        _log.exception("discovery: unexpected error examining %s", folder)
+        _log.exception(
+            "discovery: unexpected error examining %s",
+            folder,
+            extra={"event": "discovery_error", "pluginId": None, "trustLevel": None, "path": str(folder)},
+        )
         return _error(
             _valid_id(getattr(exc, "plugin_id", None)) or _valid_id(folder.name),
             str(folder),

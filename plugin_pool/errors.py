@@ -23,6 +23,7 @@ Whether a failed call is safe to retry follows from its type (the README has the
     │       ├── SignatureError
     │       └── ContentHashMismatchError
     ├── StagingError
+    ├── VendorError
     ├── DuplicatePluginError, PluginNotFoundError (LookupError), IllegalTransitionError
     ├── PluginNotActiveError, PluginDisabledError, RequiredPluginError, HostClosedError
     ├── CapabilityDeniedError, TrustViolationError, ServiceNotAllowedError (PermissionError)
@@ -88,6 +89,7 @@ __all__ = [
     "SignatureError",
     "StagingError",
     "TrustViolationError",
+    "VendorError",
     "WorkerCrashedError",
 ]
 
@@ -244,6 +246,16 @@ class ContentHashMismatchError(IntegrityError):
 class StagingError(PluginPoolError):
     """The host could not write the private copy of a plugin folder (disk full, permissions): nothing the
     plugin did. ``path`` names the plugin's folder."""
+
+    def __init__(self, message: str, *, plugin_id: str | None = None, path: Path | str | None = None) -> None:
+        super().__init__(message, plugin_id=plugin_id)
+        self.path = Path(path) if path is not None else None
+
+
+class VendorError(PluginPoolError):
+    """``plugin-pool vendor`` could not install a plugin's ``[python] requirements`` into its folder (pip
+    refused them, a hash did not match, no wheel for this platform) or the result cannot run as a plugin
+    folder. ``path`` names the plugin's folder; the folder keeps what it had before."""
 
     def __init__(self, message: str, *, plugin_id: str | None = None, path: Path | str | None = None) -> None:
         super().__init__(message, plugin_id=plugin_id)

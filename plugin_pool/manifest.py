@@ -30,6 +30,15 @@ specifier such as ``">=0.1,<1"`` that ``plugin_pool.__version__`` must satisfy; 
     [signature]                           # written by ``plugin-pool sign``; read by plugin_pool.integrity
     key_id = "…"
 
+    [python]                              # optional: the plugin's own dependencies, inside its folder
+    path = ["_vendor"]                    # folders added to the worker's import path, after the folder itself
+    requirements = "requirements.txt"     # what ``plugin-pool vendor`` installs into path[0] (hashes required)
+
+``[python] path`` names folders *inside* the plugin folder, so they are hashed, signed, copied and bound
+read-only like every other file: a sandbox worker puts them on ``sys.path`` right after the folder itself
+(``.pth`` files in them are not processed). ``requirements`` is a requirements file in the folder (pip's
+format, every line pinned with ``--hash``) or a list of such lines.
+
 A folder's trust level is ``untrusted`` or ``trusted`` (which discovery accepts only with a valid signature
 by a configured key); ``builtin`` is refused: BuiltIn is only what the host registers in code.
 """
@@ -72,7 +81,11 @@ _ENTRY_RE = re.compile(
     r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 )
 _POOL_KEYS = {"min_workers", "max_workers"}
-_TABLES = ("plugin", "capabilities", "pool", "resources", "signature")
+_TABLES = ("plugin", "capabilities", "pool", "resources", "signature", "python")
+_PYTHON_KEYS = {"path", "requirements"}
+# One folder name of a [python] path entry: no separators, no control characters, not . or ..
+_PATH_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+PYTHON_PATH_MAX = 16
 _PLUGIN_KEYS = {"id", "name", "version", "trust_level", "entry", "description", "author", "priority", "host_versions"}
 PRIORITY_LIMIT = 1_000_000
 
@@ -100,6 +113,12 @@ class Manifest:
     """Per-plugin limits from ``[resources]`` (see RESOURCE_LIMITS); they only ever tighten the host's."""
     has_signature: bool = False
     """Whether the manifest has a ``[signature]`` table (checked by plugin_pool.integrity, not here)."""
+    python_path: tuple[str, ...] = ()
+    """``[python] path``: folders inside the plugin folder (relative, '/'-separated) that a worker adds to its
+    import path after the folder itself."""
+    requirements: str | tuple[str, ...] | None = None
+    """``[python] requirements``: a requirements file in the folder, or requirement lines; what
+    ``plugin-pool vendor`` installs into ``python_path[0]``."""
 
     def supports_host(self, host_version: str) -> bool:
         """Whether ``host_version`` satisfies ``host_versions`` (always true without one). Pure."""
@@ -255,6 +274,7 @@ def read_manifest(directory: str | Path) -> Manifest:
             field="signature",
             plugin_id=info.id,
         )
+    python_path, requirements = _read_python(data.get("python", {}), path, info.id)
     return Manifest(
         info=info,
         capabilities=capabilities,
@@ -266,7 +286,83 @@ def read_manifest(directory: str | Path) -> Manifest:
         host_versions=host_versions,
         resources=resources,
         has_signature=signature is not None,
+        python_path=python_path,
+        requirements=requirements,
     )
+
+
+def _read_python(table: Any, path: Path, plugin_id: str) -> tuple[tuple[str, ...], str | tuple[str, ...] | None]:
+    """``[python]``: (path, requirements), each checked so a folder can never name a place outside itself."""
+    if not isinstance(table, dict):
+        raise ManifestError("python must be a table ([python])", path=path, field="python", plugin_id=plugin_id)
+    extra = set(table) - _PYTHON_KEYS
+    if extra:
+        raise ManifestError(
+            f"unknown key python.{sorted(extra)[0]}; known: {', '.join(sorted(_PYTHON_KEYS))}",
+            path=path,
+            field=f"python.{sorted(extra)[0]}",
+            plugin_id=plugin_id,
+        )
+    folders = table.get("path", [])
+    if not isinstance(folders, list) or len(folders) > PYTHON_PATH_MAX:
+        raise ManifestError(
+            f"python.path must be a list of at most {PYTHON_PATH_MAX} folders inside the plugin folder, "
+            f'e.g. ["_vendor"]',
+            path=path,
+            field="python.path",
+            plugin_id=plugin_id,
+        )
+    checked: list[str] = []
+    for folder in folders:
+        parts = folder.split("/") if isinstance(folder, str) else []
+        if not parts or not all(_PATH_PART_RE.fullmatch(part) for part in parts):
+            raise ManifestError(
+                f"python.path entry {folder!r:.80} is invalid: expected a folder inside the plugin folder, "
+                f"relative, '/'-separated, of letters, digits, '_', '.', '+' or '-' (no '..'), e.g. '_vendor'",
+                path=path,
+                field="python.path",
+                plugin_id=plugin_id,
+            )
+        if folder not in checked:
+            checked.append(folder)
+    requirements = table.get("requirements")
+    if requirements is None:
+        return tuple(checked), None
+    if isinstance(requirements, str):
+        parts = requirements.split("/")
+        if not all(_PATH_PART_RE.fullmatch(part) for part in parts):
+            raise ManifestError(
+                f"python.requirements = {requirements!r:.80} is invalid: expected a file inside the plugin "
+                f"folder (relative, no '..'), or a list of requirement lines",
+                path=path,
+                field="python.requirements",
+                plugin_id=plugin_id,
+            )
+        value: str | tuple[str, ...] = requirements
+    elif isinstance(requirements, list) and all(isinstance(r, str) and r.strip() for r in requirements):
+        if any("\n" in r or "\r" in r for r in requirements):
+            raise ManifestError(
+                "python.requirements lines may not hold line breaks: one requirement per list item",
+                path=path,
+                field="python.requirements",
+                plugin_id=plugin_id,
+            )
+        value = tuple(requirements)
+    else:
+        raise ManifestError(
+            "python.requirements must be a requirements file in the folder or a list of requirement lines",
+            path=path,
+            field="python.requirements",
+            plugin_id=plugin_id,
+        )
+    if not checked:
+        raise ManifestError(
+            'python.requirements needs python.path: the folder to install them into, e.g. path = ["_vendor"]',
+            path=path,
+            field="python.path",
+            plugin_id=plugin_id,
+        )
+    return tuple(checked), value
 
 
 def _read_host_versions(value: Any, path: Path, plugin_id: str) -> str | None:

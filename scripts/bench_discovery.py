@@ -15,6 +15,15 @@ Staging: 100 plugin folders of 22 files (about 330 KB each: sources, a package, 
 registered hash); the baseline is what staging did before: ``shutil.copytree`` (ignoring caches), a chmod
 walk, then hashing the copy with the old walker and comparing. Both run on the same folders in each
 repeat, in alternating order, with the copies removed between repeats (outside the timing).
+
+Vendored dependencies: an Untrusted plugin with a 20 MiB vendored tree (examples/bandit_scanner's ``_vendor``,
+made by ``plugin-pool vendor``, padded with a data file to 20 MiB), started in a real host. "first start" is
+``start_plugin`` with an empty bytecode cache (copy and hash 20 MiB, compile every source in an isolated child,
+boot a worker, import); "restart" is ``stop_plugin`` + ``start_plugin`` with the cache warm (copy and hash,
+bytecode restored by hard links); the baseline restart compiles again (``[sandbox] bytecode_cache = "off"``).
+Import time is measured inside the confined worker (bandit's manager, config and extension loader: bandit,
+stevedore, PyYAML and their imports) with the host-compiled bytecode and, as the baseline, from a copy staged
+without bytecode (the worker then compiles in memory at every start: its copy is read-only).
 """
 
 from __future__ import annotations
@@ -35,6 +44,27 @@ from _benchdoc import Section, Target, fmt_ratio, fmt_s, make_section, mark, mea
 from plugin_pool.content import ContentHash, canonical_manifest, compute_content_hash
 from plugin_pool.discovery import Discovery
 from plugin_pool.staging import compile_bytecode, stage_plugin
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+VENDORED_MIB = 20
+VENDORED_PLUGIN = """\
+import time
+
+_started = time.perf_counter()
+from bandit.core import config, extension_loader, manager  # noqa: E402,F401  the vendored dependency
+
+IMPORT_S = time.perf_counter() - _started
+
+from plugin_pool.sdk import PluginBase, PluginInfo, TrustLevel, capability  # noqa: E402
+
+
+class Vendored(PluginBase):
+    info = PluginInfo(id="bench-vendored", name="V", version="1", trust_level=TrustLevel.UNTRUSTED)
+
+    @capability
+    def import_s(self, payload):
+        return IMPORT_S
+"""
 
 TARGET_COLD_S = 1.0
 TARGET_RATIO = 1.10
@@ -237,10 +267,79 @@ def measure_staging(plugins: int, repeats: int, compile_plugins: int) -> dict[st
     return {"new": median(new_times), "old": median(old_times), **compiled}
 
 
+def make_vendored(root: Path) -> Path:
+    """A plugin folder whose ``_vendor`` is examples/bandit_scanner's, padded to VENDORED_MIB."""
+    source = EXAMPLES / "bandit_scanner" / "_vendor"
+    if not source.is_dir():
+        raise SystemExit(f"{source} is missing: run plugin-pool vendor {source.parent} (scripts/test does)")
+    folder = root / "vendored"
+    shutil.copytree(source, folder / "_vendor", ignore=shutil.ignore_patterns("__pycache__"))
+    size = sum(f.stat().st_size for f in (folder / "_vendor").rglob("*") if f.is_file())
+    (folder / "_vendor" / "padding.bin").write_bytes(os.urandom(max(0, VENDORED_MIB * 1048576 - size)))
+    (folder / "vendored.py").write_text(VENDORED_PLUGIN)
+    (folder / "plugin.toml").write_text(
+        '[plugin]\nid = "bench-vendored"\nname = "V"\nversion = "1"\ntrust_level = "untrusted"\n'
+        'entry = "vendored:Vendored"\n\n[capabilities.import_s]\n\n[python]\npath = ["_vendor"]\n\n'
+        "[pool]\nmin_workers = 1\nmax_workers = 1\n"
+    )
+    return folder
+
+
+def measure_vendored(repeats: int) -> dict[str, float]:
+    """Medians, in seconds: first start (cold cache), restart (warm cache), restart compiling again, and the
+    import inside the worker with and without host-compiled bytecode."""
+    from plugin_pool import PluginHost, load_config
+    from plugin_pool.lifecycle import PluginState
+    from plugin_pool.staging import stage_plugin as stage
+
+    times: dict[str, list[float]] = {k: [] for k in ("first", "restart", "restart_off", "import", "import_none")}
+    with tempfile.TemporaryDirectory(prefix="bench-vendored-") as tmp:
+        root = Path(tmp)
+        folder = make_vendored(root)
+        for repeat in range(repeats):
+            cache = root / f"cache-{repeat}"
+            cache.mkdir(mode=0o700)
+            for mode, key in ((str(cache), "restart"), ("off", "restart_off")):
+                with PluginHost(load_config(overrides={"sandbox": {"bytecode_cache": mode}})) as host:
+                    host.add_plugin_dir(EXAMPLES / "secrets_scanner")
+                    host.start_plugin("secrets-scanner")  # the pool and its zygote are up before the timing
+                    host.add_plugin_dir(folder)
+                    started = time.perf_counter()
+                    assert host.start_plugin("bench-vendored") is PluginState.ACTIVE, host.get_plugin_health(
+                        "bench-vendored"
+                    ).reason
+                    if mode != "off":
+                        times["first"].append(time.perf_counter() - started)
+                        times["import"].append(host.invoke("bench-vendored", "import_s"))
+                    host.stop_plugin("bench-vendored")
+                    started = time.perf_counter()
+                    assert host.start_plugin("bench-vendored") is PluginState.ACTIVE
+                    times[key].append(time.perf_counter() - started)
+            # The baseline import: the same copy without bytecode (a bench-only stand-in for the staging step).
+            with PluginHost(load_config(overrides={"sandbox": {"bytecode_cache": "off"}})) as host:
+                host.add_plugin_dir(folder)
+                host.start_plugin("bench-vendored")  # opens the pool
+                host.stop_plugin("bench-vendored")
+                supervisor = host.sandbox.supervisor if host.sandbox is not None else None
+                assert supervisor is not None and supervisor.base_dir is not None
+                staged_root = supervisor.base_dir / "plugins"
+
+                def without_bytecode(plugin_id: str, source: Path, staged_root: Path = staged_root) -> Path:
+                    target = staged_root / f"plain-{time.monotonic_ns()}"
+                    stage(source, target, plugin_id=plugin_id, expected=None)
+                    return target
+
+                supervisor.stage_plugin = without_bytecode  # type: ignore[method-assign]
+                assert host.start_plugin("bench-vendored") is PluginState.ACTIVE
+                times["import_none"].append(host.invoke("bench-vendored", "import_s"))
+    return {key: median(values) for key, values in times.items()}
+
+
 def section(args: argparse.Namespace, command: str) -> Section:
     """The discovery section of docs/benchmarks.md."""
     d = measure_discovery(args.plugins, args.repeats)
     s = measure_staging(args.staged, args.repeats, args.compile_plugins)
+    v = measure_vendored(max(2, args.repeats - 2))
     n, k = args.plugins, args.staged
     header = (
         f"{measured_on()}, {n:,} plugin folders of 3 small files for discovery, {k} folders of 22 files "
@@ -289,6 +388,33 @@ def section(args: argparse.Namespace, command: str) -> Section:
         f"| then compile_bytecode, isolated child (the default) | | {fmt_s(s['isolated'])} |  |  |",
         f"| then compile_bytecode, in-process | | {fmt_s(s['in_process'])} |  |  |",
     ]
+    restart_ratio = v["restart"] / v["restart_off"]
+    import_ratio = v["import"] / v["import_none"]
+    targets += (
+        Target(
+            f"restart with a {VENDORED_MIB} MiB vendored tree: bytecode cache vs compiling again",
+            fmt_ratio(restart_ratio),
+            "< 1.00x",
+            restart_ratio < 1.0,
+        ),
+        Target(
+            "import in the worker: host-compiled bytecode vs none",
+            fmt_ratio(import_ratio),
+            "< 1.00x",
+            import_ratio < 1.0,
+        ),
+    )
+    vendored_rows = [
+        f"| {VENDORED_MIB} MiB vendored tree (bandit + dependencies), Untrusted | time | target | met? |",
+        "|---|---:|---|:---:|",
+        f"| first start (copy and hash, compile in an isolated child, boot, import) | {fmt_s(v['first'])} |  |  |",
+        f"| restart, bytecode from the cache (hard links) | {fmt_s(v['restart'])} | {targets[4].target} of "
+        f"compiling again: {fmt_ratio(restart_ratio)} | {mark(targets[4].met)} |",
+        f'| baseline: restart compiling again (bytecode_cache = "off") | {fmt_s(v["restart_off"])} |  |  |',
+        f"| import in the confined worker, host-compiled bytecode | {fmt_s(v['import'])} | {targets[5].target} of "
+        f"none: {fmt_ratio(import_ratio)} | {mark(targets[5].met)} |",
+        f"| baseline: import without bytecode (compiled in memory) | {fmt_s(v['import_none'])} |  |  |",
+    ]
     return make_section(
         "discovery",
         "Discovery and staging",
@@ -296,6 +422,7 @@ def section(args: argparse.Namespace, command: str) -> Section:
         header,
         "\n".join(discovery_rows),
         "\n".join(staging_rows),
+        "\n".join(vendored_rows),
         READING,
         targets=targets,
     )

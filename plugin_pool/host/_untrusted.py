@@ -296,6 +296,7 @@ class UntrustedBridge:
             cpu_time_s=_int_or_none(manifest.resources.get("cpu_time_s")),
             content_hash=slot.content_hash,
             limits=FolderLimits.from_config(self._core.config.discovery),
+            python_path=manifest.python_path,
         )
 
     def boot(self, slot: Slot) -> str | None:
@@ -365,6 +366,13 @@ class UntrustedBridge:
         finally:
             self._core.metrics.count_restart(plugin_id, reason)
             self.restarts[plugin_id, reason] += 1
+            _log.info(
+                "plugin %r: a worker was replaced (%s); %d replacements for this reason so far",
+                plugin_id,
+                reason,
+                self.restarts[plugin_id, reason],
+                extra={"event": "worker_restarted", "pluginId": plugin_id, "trustLevel": "untrusted", "reason": reason},
+            )
 
     def _on_plugin_failed(self, plugin_id: str, reason: str) -> None:
         """The pool gave a plugin up (a zygote reader or supervisor thread): move it on the background thread.

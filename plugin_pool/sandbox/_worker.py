@@ -20,7 +20,7 @@ import resource
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -33,8 +33,11 @@ from plugin_pool._proto.v1 import worker_pb2_grpc as pb_grpc
 from plugin_pool.context import PluginContext
 from plugin_pool.model import Capabilities, TrustLevel
 from plugin_pool.sandbox import _codec as codec
+from plugin_pool.sandbox._access import WorkerView, explain_access_error
 from plugin_pool.sandbox._codec import decode_value, encode_value
 from plugin_pool.sandbox._confine import (
+    LAYER_LANDLOCK,
+    LAYER_MOUNTNS,
     ConfinementError,
     ConfinementReport,
     ConfinementSpec,
@@ -60,13 +63,21 @@ SERVICE_CALL_TIMEOUT_S = 10.0
 READY_WAIT_S = 30.0
 
 
+_view: WorkerView | None = None
+"""This worker's paths, ids and layers, once confined: what :func:`_error` names when a file was refused."""
+
+
 def _error(exc: BaseException) -> tuple[str, str]:
     """(type name, message) of an exception; plugin exceptions are hostile input too, so a ``__str__``
-    or a type name that raises must not break the reply."""
+    or a type name that raises must not break the reply. A file the confinement refused gets the layer and
+    the fix appended (``plugin_pool.sandbox._access``)."""
     try:
         message = str(exc)
     except BaseException:
         message = "<the exception's message could not be rendered>"
+    hint = explain_access_error(exc, _view) if _view is not None and isinstance(exc, OSError | ImportError) else None
+    if hint is not None:
+        message = f"{message[: max(0, MESSAGE_MAX_CHARS - len(hint) - 1)]} {hint}"
     try:
         type_name = str(type(exc).__qualname__)
     except BaseException:
@@ -378,9 +389,14 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
 
         return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result()
 
-    def load_plugin(self, plugin_dir: str, entry: str, declared: list[str]) -> None:
-        """Import the plugin from ``plugin_dir`` and map each declared capability to its method."""
-        sys.path.insert(0, plugin_dir)  # the plugin's own modules import each other by name
+    def load_plugin(self, plugin_dir: str, entry: str, declared: list[str], python_path: Sequence[str] = ()) -> None:
+        """Import the plugin from ``plugin_dir`` and map each declared capability to its method.
+
+        The plugin's own modules import each other by name (the folder first on ``sys.path``); its
+        ``[python] path`` folders (its vendored dependencies, inside the same verified copy) come next, before
+        the runtime's own site-packages.
+        """
+        sys.path[0:0] = [plugin_dir, *(os.path.join(plugin_dir, *rel.split("/")) for rel in python_path)]
         plugin = load_entry(entry, files=False)
         info = plugin.info
         if info.id != self.plugin_id:
@@ -436,6 +452,15 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
         # fd 2 is the output pipe by now (confine_self moved it there and closed the original number).
         os.write(2, f"confinement failed: {exc}\n".encode(errors="replace"))
         return EXIT_CONFINEMENT_FAILED
+    global _view
+    _view = WorkerView(
+        read_only_paths=confinement.read_only_paths,
+        temp_dir=confinement.temp_dir,
+        uid=report.uid,
+        gid=report.gid,
+        private_root=report.is_in_force(LAYER_MOUNTNS),
+        landlock=report.is_in_force(LAYER_LANDLOCK),
+    )
     max_bytes = int(spec["max_message_bytes"])
     servicer = WorkerServicer(plugin_id, max_bytes)
     server = grpc.server(
@@ -470,9 +495,16 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
         sys.stderr.write(f"confinement failed: {exc}\n")
         return EXIT_CONFINEMENT_FAILED
     try:
-        servicer.load_plugin(str(spec["plugin_dir"]), str(spec["entry"]), list(spec["capabilities"]))
+        servicer.load_plugin(
+            str(spec["plugin_dir"]),
+            str(spec["entry"]),
+            list(spec["capabilities"]),
+            [str(rel) for rel in spec.get("python_path", ())],
+        )
     except BaseException as exc:
-        sys.stderr.write(f"plugin load failed: {type(exc).__name__}: {exc}\n")
+        type_name, message = _error(exc)
+        one_line = message.replace("\n", " ")  # the host shows the worker's last lines: keep the hint on this one
+        sys.stderr.write(f"plugin load failed: {type_name}: {one_line}\n")
         sys.stderr.flush()
         return EXIT_PLUGIN_LOAD_FAILED
     servicer.ready.set()

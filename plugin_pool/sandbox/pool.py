@@ -723,6 +723,25 @@ class SandboxPool:
             self._total -= 1
         if not active or handle.killed_for == "stop":
             return
+        self._replace_exited(group, handle, reason)
+        # Logged once the replacement is decided (the host logs the replacement itself, with the same reason):
+        # waiting calls woken above must not get ahead of that decision.
+        _log.log(
+            logging.INFO if reason == "recycle" else logging.WARNING,
+            "plugin %r: %s (%s)",
+            handle.plugin_id,
+            handle.describe_exit(),
+            reason,
+            extra={
+                "event": "worker_exited",
+                "pluginId": handle.plugin_id,
+                "trustLevel": "untrusted",
+                "pid": handle.pid,
+                "reason": reason,
+            },
+        )
+
+    def _replace_exited(self, group: _PluginWorkers, handle: WorkerHandle, reason: str) -> None:
         counted = _counts_toward_crash_loop(handle, reason)
         if counted and self._crash_loop(group):
             return

@@ -57,7 +57,7 @@ from plugin_pool.sandbox._frames import FrameReader, encode_frame, write_all
 from plugin_pool.sandbox._worker import BOOT_EXIT_CODES
 from plugin_pool.sandbox.cgroups import CgroupLimits, CgroupTree, WorkerCgroup
 from plugin_pool.sandbox.identities import WorkerIdentities, WorkerIdentity
-from plugin_pool.staging import remove_staged
+from plugin_pool.staging import BytecodeCache, remove_staged
 from plugin_pool.staging import stage_plugin as stage_verified_copy
 
 __all__ = ["BootError", "Supervisor", "WorkerHandle", "WorkerPlan"]
@@ -124,6 +124,8 @@ class WorkerPlan:
     and refuses a copy that differs (None: nothing is compared, for folders the caller prepared itself)."""
     limits: FolderLimits | None = None
     """The ``[discovery]`` limits the folder is read under while staging (None: the defaults)."""
+    python_path: tuple[str, ...] = ()
+    """The manifest's ``[python] path``: folders of the plugin's copy put on the worker's import path."""
 
 
 @dataclass(eq=False)
@@ -346,6 +348,8 @@ class Supervisor:
         self.identities: WorkerIdentities | None = None
         """Per-worker uids (a root host); None when workers keep the host's uid inside a user namespace."""
         self.cgroups: CgroupTree | None = None
+        self.bytecode_cache: BytecodeCache | None = None
+        """Where bytecode compiled for staged copies is kept by content hash (``[sandbox] bytecode_cache``)."""
         self.user_namespace = False
         self.zygote_restarts = 0
         self.on_idle_cpu: Callable[[WorkerHandle, float], None] | None = None
@@ -363,7 +367,14 @@ class Supervisor:
                 return
             self._opened = True
         self.runtime_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        missing = [p for p in self.config.extra_read_paths if not os.path.exists(p)]
+        if missing:
+            raise SandboxError(
+                f"sandbox.extra_read_paths names {missing[0]!r}, which does not exist; create it or remove it "
+                f"from the list"
+            )
         self._decide_confinement()
+        self.bytecode_cache = _bytecode_cache_for(self.config, self.runtime_dir)
         remove_orphaned_dirs(self.runtime_dir)
         # The host's pid is in the name, so a later host can tell a dead host's leftovers from a live one's.
         self.base_dir = Path(tempfile.mkdtemp(prefix=f"{BASE_DIR_PREFIX}{os.getpid()}-", dir=self.runtime_dir))
@@ -488,7 +499,7 @@ class Supervisor:
     def _read_only_paths(self, plugin_dir: Path | None) -> tuple[str, ...]:
         package_dir = str(Path(plugin_pool.__file__).resolve().parent)
         extra = [package_dir] + ([str(plugin_dir)] if plugin_dir is not None else [])
-        return default_read_only_paths(*extra)
+        return default_read_only_paths(*extra, *self.config.extra_read_paths)
 
     # -- the supervisor loop ---------------------------------------------------------------------------
 
@@ -779,9 +790,10 @@ class Supervisor:
         :func:`plugin_pool.staging.stage_plugin`: the folder is copied and hashed in one pass (every file
         opened ``O_NOFOLLOW|O_NONBLOCK``; symlinks, fifos, sockets, devices and bytecode refused; the
         ``plan.limits`` enforced), compared with ``plan.content_hash``, then its bytecode is compiled by the
-        host in an isolated child. Directories 0755 and files 0644, owned by the host: the worker uid reads
-        them and cannot change them. Raises ContentHashMismatchError, IntegrityRejectedError (both naming
-        the plugin's folder, never the copy) or StagingError; nothing is left behind then.
+        host in an isolated child (or restored from the bytecode cache when it holds the copy's digest).
+        Directories 0755 and files 0644, owned by the host: the worker uid reads them and cannot change them.
+        Raises ContentHashMismatchError, IntegrityRejectedError (both naming the plugin's folder, never the
+        copy) or StagingError; nothing is left behind then.
         """
         assert self.base_dir is not None
         staged = self.base_dir / "plugins"
@@ -793,6 +805,7 @@ class Supervisor:
             expected=plan.content_hash,
             limits=plan.limits,
             precompile=True,
+            bytecode_cache=self.bytecode_cache,
         )
         return copy.path
 
@@ -893,6 +906,7 @@ class Supervisor:
         return {
             "plugin_id": plan.plugin_id,
             "plugin_dir": str(plan.plugin_dir),
+            "python_path": list(plan.python_path),
             "entry": plan.entry,
             "capabilities": list(plan.capabilities),
             "socket_path": str(handle.socket_path),
@@ -1174,6 +1188,16 @@ class Supervisor:
 
 BASE_DIR_PREFIX = "plugin-pool-"
 SOCKET_NAME = "s"
+
+
+def _bytecode_cache_for(config: SandboxConfig, runtime_dir: Path) -> BytecodeCache | None:
+    """The bytecode cache ``[sandbox] bytecode_cache`` names (None for 'off'), opened (checked)."""
+    where = config.bytecode_cache
+    if where == "off":
+        return None
+    cache = BytecodeCache(runtime_dir / f"bytecode-{os.geteuid()}" if where == "auto" else Path(where))
+    cache.open()
+    return cache
 
 
 def runtime_dir_for(config: SandboxConfig) -> Path:

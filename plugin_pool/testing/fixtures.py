@@ -8,11 +8,15 @@ when a test first asks for one of these fixtures.
 - ``plugin_host``: an open :class:`PluginHost` on ``fake_registry``, closed after the test.
 - ``plugin_harness``: a factory ``plugin_harness(plugin, **kwargs)`` returning a started
   :class:`PluginHarness`; every harness it made is closed after the test.
+- ``plugin_folder_harness``: a factory ``plugin_folder_harness(folder, **kwargs)`` returning a started
+  :meth:`PluginHarness.from_folder` harness: the folder's plugin running in real sandbox workers as the host
+  runs it; every harness it made (and its workers) is closed after the test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -52,6 +56,25 @@ def plugin_harness() -> Iterator[Callable[..., PluginHarness]]:
         from plugin_pool.testing.harness import PluginHarness
 
         harness = PluginHarness(plugin, **kwargs)
+        made.append(harness)
+        harness.start()
+        return harness
+
+    yield make
+    for harness in reversed(made):
+        harness.close()
+
+
+@pytest.fixture
+def plugin_folder_harness() -> Iterator[Callable[..., PluginHarness]]:
+    """A factory that starts a plugin folder through the real sandbox (PluginHarness.from_folder) and closes
+    every harness it made after the test."""
+    made: list[PluginHarness] = []
+
+    def make(folder: str | Path, **kwargs: Any) -> PluginHarness:
+        from plugin_pool.testing.harness import PluginHarness
+
+        harness = PluginHarness.from_folder(folder, **kwargs)
         made.append(harness)
         harness.start()
         return harness

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -63,12 +64,15 @@ class FakeRegistry(InMemoryPluginRegistry):
 
 
 class PluginHarness:
-    """Drives one in-process plugin through its whole lifecycle in a private host with a FakeRegistry.
+    """Drives one plugin through its whole lifecycle in a private host with a FakeRegistry.
 
-    ``with PluginHarness(plugin) as h`` adds and starts the plugin (raising AssertionError with the reason
-    if it does not become Active, unless ``expect_active=False``), and stops it on exit. ``trust_level``
-    runs it at another in-process level than its info declares (the host decides: plugin_pool.trust), so
-    one class is tested at each level it will run at. Not thread-safe to construct; ``invoke`` is
+    ``with PluginHarness(plugin) as h`` adds and starts an in-process plugin object (raising AssertionError
+    with the reason if it does not become Active, unless ``expect_active=False``), and stops it on exit.
+    ``trust_level`` runs it at another in-process level than its info declares (the host decides:
+    plugin_pool.trust), so one class is tested at each level it will run at. :meth:`from_folder` drives a
+    plugin *folder* instead, as the host runs it: an Untrusted folder through the real sandbox (confined
+    workers, payloads that must cross the boundary, no network, the worker's limits, the precise errors a
+    scanning service sees). Not thread-safe to construct; ``invoke`` is
     thread-safe.
     """
 
@@ -88,7 +92,9 @@ class PluginHarness:
             host_config = load_config(
                 overrides={"lifecycle": {"initialize_timeout_s": t, "start_timeout_s": t, "stop_timeout_s": t}}
             )
-        self.plugin = plugin
+        self.plugin: Plugin | None = plugin
+        self.folder: Path | None = None
+        """The plugin folder, for a harness made by :meth:`from_folder` (then ``plugin`` is None)."""
         self.plugin_id = plugin.info.id
         self.registry = FakeRegistry()
         self.host = PluginHost(host_config, registry=self.registry, services=services)
@@ -96,6 +102,48 @@ class PluginHarness:
         self._services: Sequence[str] = tuple(services or ())
         self._expect_active = expect_active
         self._trust_level = trust_level
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        *,
+        config: Mapping[str, Any] | None = None,
+        services: Mapping[str, Any] | None = None,
+        sandbox: Mapping[str, Any] | None = None,
+        host_config: Config | None = None,
+        lifecycle_timeout_s: float | None = None,
+        expect_active: bool = True,
+    ) -> PluginHarness:
+        """A harness for the plugin folder ``folder`` (its ``plugin.toml`` and code), run as the host runs it.
+
+        The folder is read and hashed like ``host.add_plugin_dir`` does; its code is never imported into this
+        process. It starts in sandbox workers with the host's confinement; ``sandbox`` overrides ``[sandbox]``
+        settings (for example ``{"memory_mb": 256}``). Nothing starts until :meth:`start` (or ``with``).
+        Raises ManifestError for an invalid manifest. Pure until started.
+        """
+        from plugin_pool.manifest import read_manifest
+
+        manifest = read_manifest(folder)
+        if host_config is None:
+            overrides: dict[str, Mapping[str, Any]] = {}
+            if sandbox:
+                overrides["sandbox"] = dict(sandbox)
+            if lifecycle_timeout_s is not None:
+                t = lifecycle_timeout_s
+                overrides["lifecycle"] = {"initialize_timeout_s": t, "start_timeout_s": t, "stop_timeout_s": t}
+            host_config = load_config(overrides=overrides)
+        harness = cls.__new__(cls)
+        harness.plugin = None
+        harness.folder = manifest.directory
+        harness.plugin_id = manifest.info.id
+        harness.registry = FakeRegistry()
+        harness.host = PluginHost(host_config, registry=harness.registry, services=services)
+        harness._config = dict(config or {})
+        harness._services = tuple(services or ())
+        harness._expect_active = expect_active
+        harness._trust_level = None
+        return harness
 
     def __enter__(self) -> PluginHarness:
         self.start()
@@ -109,16 +157,26 @@ class PluginHarness:
     def start(self) -> PluginState:
         """Open the host, add the plugin and start it; return the state it reached. Blocks."""
         self.host.open()
-        self.host.add_plugin(self.plugin, config=self._config, services=self._services, trust_level=self._trust_level)
+        if self.folder is not None:
+            self.host.add_plugin_dir(self.folder, config=self._config, services=self._services)
+        else:
+            assert self.plugin is not None
+            self.host.add_plugin(
+                self.plugin, config=self._config, services=self._services, trust_level=self._trust_level
+            )
         state = self.host.start_plugin(self.plugin_id)
         if self._expect_active and state is not PluginState.ACTIVE:
             reason = self.host.get_plugin_health(self.plugin_id).reason
             raise AssertionError(f"plugin {self.plugin_id!r} did not become active: {state.value}: {reason}")
         return state
 
-    def invoke(self, capability: str, payload: Any = None) -> Any:
-        """Call a capability through the host, exactly as a scanning service would."""
-        return self.host.invoke(self.plugin_id, capability, payload)
+    def invoke(self, capability: str, payload: Any = None, *, timeout_s: float | None = None) -> Any:
+        """Call a capability through the host, exactly as a scanning service would (blocks for the call)."""
+        return self.host.invoke(self.plugin_id, capability, payload, timeout_s=timeout_s)
+
+    def invoke_many(self, capability: str, payloads: Sequence[Any]) -> list[Any]:
+        """A batch through the host (``host.invoke_many``): results in order. Blocks."""
+        return self.host.invoke_many(self.plugin_id, capability, payloads)
 
     def stop(self) -> PluginState:
         """Stop the plugin (not the host); return the state it reached."""

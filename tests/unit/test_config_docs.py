@@ -61,6 +61,6 @@ def test_the_cli_prints_the_same_document_and_checks_a_file(tmp_path: Path) -> N
     assert out.getvalue() == format_settings_doc()
     stale = tmp_path / "stale.md"
     stale.write_text("# old\n")
-    assert main(["--log-format", "none", "config", "settings", "--check", str(stale)], out=out, err=err) == 1
+    assert main(["--log-format", "none", "config", "settings", "--check-docs", str(stale)], out=out, err=err) == 1
     assert "stale" in err.getvalue()
-    assert main(["--log-format", "none", "config", "settings", "--check", str(DOC)], out=out, err=err) == 0
+    assert main(["--log-format", "none", "config", "settings", "--check-docs", str(DOC)], out=out, err=err) == 0

@@ -109,6 +109,15 @@ def test_host_version_check(tmp_path: Path) -> None:
         ("", "[pool]\nmin_workers = 0\n", "pool", "positive integer"),
         ("", "[extras]\na = 1\n", "extras", "unknown table"),
         ('colour = "red"', "", "plugin.colour", "unknown key"),
+        ("", '[python]\npath = ["../outside"]\n', "python.path", "no '..'"),
+        ("", '[python]\npath = ["/usr/lib/python3"]\n', "python.path", "inside the plugin folder"),
+        ("", '[python]\npath = ["a//b"]\n', "python.path", "inside the plugin folder"),
+        ("", '[python]\npath = "_vendor"\n', "python.path", "must be a list"),
+        ("", '[python]\npath = ["_vendor\\nx"]\n', "python.path", "inside the plugin folder"),
+        ("", '[python]\nrequirements = "requirements.txt"\n', "python.path", "needs python.path"),
+        ("", '[python]\npath = ["_vendor"]\nrequirements = "../r.txt"\n', "python.requirements", "inside the plugin"),
+        ("", '[python]\npath = ["_vendor"]\nrequirements = [1]\n', "python.requirements", "requirement lines"),
+        ("", "[python]\nsite = true\n", "python.site", "unknown key"),
     ],
 )
 def test_invalid_fields_name_the_file_and_the_field(
@@ -199,3 +208,13 @@ def test_an_unreadable_manifest_is_a_manifest_error_not_a_crash_or_a_hang(
     with pytest.raises(ManifestError, match=says) as caught:
         read_manifest(folder)
     assert caught.value.path == folder.resolve() / "plugin.toml"
+
+
+def test_python_path_and_requirements_are_read(tmp_path: Path) -> None:
+    manifest = read(
+        tmp_path, tables='[python]\npath = ["_vendor", "lib/extra", "_vendor"]\nrequirements = ["six==1.16.0"]\n'
+    )
+    assert manifest.python_path == ("_vendor", "lib/extra")
+    assert manifest.requirements == ("six==1.16.0",)
+    (tmp_path / "other").mkdir()
+    assert read(tmp_path / "other", tables="").python_path == ()
