@@ -90,8 +90,9 @@ def require_pool(host: PluginHost, skip_or_fail: Callable[[str], None]) -> Calla
 
 
 def only_worker(host: PluginHost, plugin_id: str) -> int:
+    """The plugin's one serving worker (its warm spare, confined the same, takes no call)."""
     assert host.sandbox is not None
-    pids = host.sandbox.list_worker_pids(plugin_id)
+    pids = host.sandbox.list_worker_pids(plugin_id, spares=False)
     assert len(pids) == 1, pids
     return pids[0]
 
@@ -299,9 +300,11 @@ def test_idle_cpu_deaths_count_toward_the_crash_loop() -> None:
     try:
         _start(strict, "hog", "echo")
         for _ in range(2):
-            wait_for(lambda: strict.sandbox is not None and strict.sandbox.list_worker_pids("hog"), "a worker")
+            pid = wait_for(
+                lambda: strict.sandbox is not None and strict.sandbox.list_worker_pids("hog", spares=False), "a worker"
+            )
             strict.invoke("hog", "spin_after", 30.0)
-            wait_for(lambda: not strict.is_active("hog") or not strict.sandbox.list_worker_pids("hog"), "its death")
+            wait_for(lambda pid=pid: not strict.is_active("hog") or is_gone(pid[0]), "its death")
         health = wait_for(lambda: strict.get_health().failed.get("hog"), "the plugin to fail")
         assert "crashed 2 times" in health
         with pytest.raises(PluginNotActiveError):
