@@ -18,11 +18,14 @@ import orjson
 
 from plugin_pool.errors import MalformedReplyError
 from plugin_pool.sandbox import _codec as codec
-from plugin_pool.sandbox._calls import WorkerLoss, outcome_value
-from plugin_pool.sandbox.worker_client import StreamBroken, WorkerHandle
-from plugin_pool.sandbox.workers import Worker, WorkerGroup, WorkerManager
+from plugin_pool.sandbox._calls import encode, outcome_value
+from plugin_pool.sandbox._deadlines import DeadlineWatch
+from plugin_pool.sandbox._exchange import Exchange
+from plugin_pool.sandbox.manager import WorkerManager
+from plugin_pool.sandbox.worker_client import StreamBroken
+from plugin_pool.sandbox.workers import Worker, WorkerGroup
 
-__all__ = ["CHUNK_MAX_ITEMS", "CHUNK_MIN_ITEMS", "PIPELINE_DEPTH", "ChunkRun", "chunk_items"]
+__all__ = ["CHUNK_MAX_ITEMS", "CHUNK_MIN_ITEMS", "PIPELINE_DEPTH", "ChunkRun", "chunk_items", "encode_chunk"]
 
 CHUNK_MIN_ITEMS = 256
 CHUNK_MAX_ITEMS = 4096
@@ -42,6 +45,19 @@ def chunk_items(items: list[Any], chunk_size: int | None, workers: int, chunk_mb
         per_item = _estimate_bytes(items)
         size = max(1, min(size, int(chunk_mb * 1024 * 1024) // max(1, per_item)))
     return [(start, items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def encode_chunk(
+    plugin_id: str, capability: str, chunk: list[Any], offset: int, max_bytes: int
+) -> list[tuple[list[Any], int, bytes]]:
+    """The chunk encoded, halved until every part fits ``max_bytes``: (items, offset, data). Raises
+    PayloadError for an item that cannot cross, or one item alone over the limit."""
+    data = encode(plugin_id, codec.encode_batch, capability, chunk, "batch", max_bytes, check_size=len(chunk) == 1)
+    if len(data) <= max_bytes:
+        return [(chunk, offset, data)]
+    half = len(chunk) // 2
+    first = encode_chunk(plugin_id, capability, chunk[:half], offset, max_bytes)
+    return first + encode_chunk(plugin_id, capability, chunk[half:], offset + half, max_bytes)
 
 
 def _estimate_bytes(items: Sequence[Any]) -> int:
@@ -64,14 +80,10 @@ class Router(Protocol):
     """What a chunk run needs from the pool (``SandboxPool``)."""
 
     _manager: WorkerManager
+    _watch: DeadlineWatch
+    _exchanger: Exchange
 
     def _take_worker(self, group: WorkerGroup, capability: str, deadline: float, timeout_s: float) -> Worker: ...
-
-    def _arm(self, handle: WorkerHandle, deadline: float) -> None: ...
-
-    def _disarm(self, handle: WorkerHandle) -> bool: ...
-
-    def _loss(self, group: WorkerGroup, worker: Worker, exc: BaseException) -> WorkerLoss: ...
 
 
 class ChunkRun:
@@ -152,7 +164,7 @@ class ChunkRun:
             client = worker.handle.client
             index = self.next_part
             if self.loads[worker] == 0:
-                self.pool._arm(worker.handle, time.monotonic() + self.timeout_s)
+                self.pool._watch.arm(worker.handle, time.monotonic() + self.timeout_s)
             if client is None:
                 self._lose(worker, StreamBroken("the worker's channel is closed"))
                 continue
@@ -173,13 +185,13 @@ class ChunkRun:
         except (grpc.RpcError, StreamBroken, ValueError) as exc:
             self._lose(worker, exc)
             return
-        if self.loads[worker] == 1 and not self.pool._disarm(handle):
+        if self.loads[worker] == 1 and not self.pool._watch.disarm(handle):
             self._lose(worker, StreamBroken("the deadline passed"))  # it won the race with this reply
             return
         self.in_flight.popleft()
         self.loads[worker] -= 1
         if self.loads[worker]:
-            self.pool._arm(handle, time.monotonic() + self.timeout_s)  # the next chunk starts now
+            self.pool._watch.arm(handle, time.monotonic() + self.timeout_s)  # the next chunk starts now
         with self.group.lock:
             self.group.calls += 1
         self._decode(index, reply, handle.pid)
@@ -214,8 +226,8 @@ class ChunkRun:
 
     def _lose(self, worker: Worker, exc: BaseException) -> None:
         """The worker is lost: every part in flight on it fails with its error; nothing more is sent."""
-        self.pool._disarm(worker.handle)
-        loss = self.pool._loss(self.group, worker, exc)
+        self.pool._watch.disarm(worker.handle)
+        loss = self.pool._exchanger.loss(worker, exc)
         error = loss.error(self.group.plugin_id, self.capability, self.timeout_s)
         lost = [index for held, index in self.in_flight if held is worker]
         self.in_flight = collections.deque((held, index) for held, index in self.in_flight if held is not worker)

@@ -19,14 +19,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import grpc
 
 from plugin_pool.config import SandboxConfig
 from plugin_pool.errors import (
@@ -38,21 +35,22 @@ from plugin_pool.errors import (
 )
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.sandbox import _codec as codec
+from plugin_pool.sandbox._batches import NO_WAIT, PENDING, Call, Rerun, lost_batch_outcomes, not_run, worth_rerun
 from plugin_pool.sandbox._calls import WorkerLoss, encode, outcome_value
-from plugin_pool.sandbox._chunks import ChunkRun, chunk_items
+from plugin_pool.sandbox._chunks import ChunkRun, chunk_items, encode_chunk
+from plugin_pool.sandbox._deadlines import DeadlineWatch
+from plugin_pool.sandbox._exchange import Exchange
+from plugin_pool.sandbox.manager import WorkerManager
 from plugin_pool.sandbox.supervisor import Supervisor
-from plugin_pool.sandbox.worker_client import EXIT_WAIT_S, StreamBroken, WorkerHandle, WorkerPlan
-from plugin_pool.sandbox.workers import RESTART_REASONS, Worker, WorkerGroup, WorkerManager, WorkerRunner
+from plugin_pool.sandbox.worker_client import WorkerHandle, WorkerPlan
+from plugin_pool.sandbox.workers import RESTART_REASONS, Worker, WorkerGroup, WorkerRunner
 
 __all__ = ["RESTART_REASONS", "DeadlineWatch", "PoolStats", "PoolSupervisor", "SandboxPool"]
 
 _log = logging.getLogger("plugin_pool.sandbox")
 
-RERUN_MIN_SHARE = 0.1
-"""A call of a lost batch runs again only while at least this share of its timeout is left."""
 RIDER_GRACE_S = 10.0
 """How long past its deadline a call riding in a batch waits for the batch's leader (a safety net only)."""
-_PENDING: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,91 +89,6 @@ class PoolSupervisor(WorkerRunner, Protocol):
     def allow_services(self, plugin_id: str, services: tuple[str, ...]) -> None: ...
 
 
-@dataclass(eq=False, slots=True)
-class _Call:
-    """One frame's worth of work for a worker: a call (which may lead or ride in a batch) or a chunk."""
-
-    data: bytes
-    capability: str
-    deadline: float
-    timeout_s: float
-    cond: threading.Condition
-    solo: bool = False
-    """Never batched: a chunk of invoke_many, or a call run again alone after a batch was lost."""
-    worker: Worker | None = None
-    riders: list[_Call] | None = None
-    outcome: Any = _PENDING
-    """For a rider: its (ok, value), an exception to raise, or a _Rerun."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Rerun:
-    """The batch a call rode in was lost: run it again alone, or raise ``error`` if too little time is left."""
-
-    error: BaseException
-
-
-class DeadlineWatch:
-    """Kills the worker of a frame past its deadline, through one scheduler entry at the earliest deadline.
-
-    ``arm`` and ``disarm`` cost two attribute writes and a lock nobody else holds; the scheduler entry is
-    moved only when a deadline earlier than every other one arrives. Thread-safe."""
-
-    def __init__(self, runner: WorkerRunner, workers: Callable[[], Iterable[WorkerHandle]]) -> None:
-        self._runner = runner
-        self._workers = workers
-        self._lock = threading.Lock()
-        self._next_at = math.inf
-        self._task: Any = None
-
-    def arm(self, handle: WorkerHandle, deadline: float) -> None:
-        """Kill ``handle``'s worker at ``deadline`` unless ``disarm`` comes first. Never blocks."""
-        handle.timed_out = False
-        handle.deadline = deadline
-        if deadline < self._next_at:
-            with self._lock:
-                if deadline < self._next_at:
-                    self._next_at = deadline
-                    if self._task is not None:
-                        self._task.cancel()
-                    self._task = self._runner.call_later(max(0.0, deadline - time.monotonic()), self._check)
-
-    def disarm(self, handle: WorkerHandle) -> bool:
-        """Stop watching; return False when the deadline won (its worker is being killed). Never blocks."""
-        with handle.deadline_lock:
-            handle.deadline = 0.0
-            return not handle.timed_out
-
-    def _check(self) -> None:
-        with self._lock:
-            self._next_at = math.inf  # an arm while we look schedules its own check
-            self._task = None
-        now = time.monotonic()
-        earliest = math.inf
-        expired = []
-        for handle in self._workers():
-            deadline = handle.deadline
-            if not deadline:
-                continue
-            if deadline > now:
-                earliest = min(earliest, deadline)
-                continue
-            with handle.deadline_lock:
-                if handle.deadline and handle.deadline <= now:
-                    handle.deadline = 0.0
-                    handle.timed_out = True
-                    expired.append(handle)
-        for handle in expired:
-            self._runner.kill_worker(handle, "timeout")
-        if earliest < math.inf:
-            with self._lock:
-                if earliest < self._next_at:
-                    self._next_at = earliest
-                    if self._task is not None:
-                        self._task.cancel()
-                    self._task = self._runner.call_later(max(0.0, earliest - time.monotonic()), self._check)
-
-
 class SandboxPool:
     """The preforked, confined worker pool for Untrusted plugins.
 
@@ -204,6 +117,7 @@ class SandboxPool:
             on_plugin_failed=on_plugin_failed or (lambda plugin_id, reason: None),
         )
         self._watch = DeadlineWatch(self.supervisor, self._all_handles)
+        self._exchanger = Exchange(self.supervisor, self._watch)
         self._max_message_bytes = int(config.max_message_mb * 1024 * 1024)
 
     def open(self) -> SandboxPool:
@@ -370,13 +284,13 @@ class SandboxPool:
                 raise PluginNotActiveError(group.plugin_id, PluginState.STOPPED, "its sandbox workers were stopped")
             worker = self._manager.take_idle(group) if not group.waiters else None
             if worker is not None:
-                call = _Call(data, capability, deadline, timeout_s, _NO_COND, solo=True, worker=worker)
+                call = Call(data, capability, deadline, timeout_s, NO_WAIT, solo=True, worker=worker)
             else:
                 call = self._wait_in_line(group, data, capability, deadline, timeout_s, solo=solo)
         if call.worker is None:  # it rode in another call's batch
             outcome = call.outcome
-            if isinstance(outcome, _Rerun):
-                if not _worth_rerun(deadline, timeout_s):
+            if isinstance(outcome, Rerun):
+                if not worth_rerun(deadline, timeout_s):
                     raise outcome.error
                 return self._run_call(group, capability, data, deadline, timeout_s, solo=True)
             if isinstance(outcome, BaseException):
@@ -395,15 +309,9 @@ class SandboxPool:
             assert worker is not None
             return worker
 
-    def _arm(self, handle: WorkerHandle, deadline: float) -> None:
-        self._watch.arm(handle, deadline)
-
-    def _disarm(self, handle: WorkerHandle) -> bool:
-        return self._watch.disarm(handle)
-
     def _wait_in_line(
         self, group: WorkerGroup, data: bytes, capability: str, deadline: float, timeout_s: float, *, solo: bool
-    ) -> _Call:
+    ) -> Call:
         """Wait (caller holds the lock) until the call is handed a worker, or its batch's leader answered it.
 
         Calls run again after a lost batch go to the front: they already waited their turn."""
@@ -414,15 +322,15 @@ class SandboxPool:
                 f"waiting (sandbox.queue_limit); retry later or raise sandbox.max_workers",
                 plugin_id=plugin_id,
             )
-        call = _Call(data, capability, deadline, timeout_s, threading.Condition(group.lock), solo=solo)
-        if solo and call.data[:1] in _CALL_KINDS:
+        call = Call(data, capability, deadline, timeout_s, threading.Condition(group.lock), solo=solo)
+        if solo and call.is_call:
             group.waiters.appendleft(call)
         else:
             group.waiters.append(call)
         try:
             self._serve_waiters(group)
             self._manager.reconcile(group)  # a spare steps in, or the pool grows, while the call waits
-            while call.worker is None and call.outcome is _PENDING:
+            while call.worker is None and call.outcome is PENDING:
                 if not group.active and call in group.waiters:
                     raise PluginNotActiveError(plugin_id, PluginState.STOPPED, "its sandbox workers were stopped")
                 riding = call not in group.waiters
@@ -432,7 +340,7 @@ class SandboxPool:
                 call.cond.wait(remaining)
             return call
         finally:
-            if call.worker is None and call.outcome is _PENDING and call in group.waiters:
+            if call.worker is None and call.outcome is PENDING and call in group.waiters:
                 group.waiters.remove(call)
 
     def _serve_waiters(self, group: WorkerGroup) -> None:
@@ -453,9 +361,9 @@ class SandboxPool:
                 leader.riders = self._take_riders(group, leader, self.config.max_batch - 1)
             leader.cond.notify()
 
-    def _take_riders(self, group: WorkerGroup, leader: _Call, count: int) -> list[_Call]:
+    def _take_riders(self, group: WorkerGroup, leader: Call, count: int) -> list[Call]:
         """Up to ``count`` waiting calls (not solo ones) that fit in one frame with the leader's."""
-        riders: list[_Call] = []
+        riders: list[Call] = []
         size = len(leader.data) + 4 * (count + 2)
         for call in list(group.waiters):
             if len(riders) >= count:
@@ -467,7 +375,7 @@ class SandboxPool:
             size += len(call.data)
         return riders
 
-    def _lead(self, group: WorkerGroup, call: _Call) -> Any:
+    def _lead(self, group: WorkerGroup, call: Call) -> Any:
         """Send the call (and its riders) on the worker it was handed; deliver every rider's outcome."""
         worker = call.worker
         assert worker is not None
@@ -480,32 +388,35 @@ class SandboxPool:
         try:
             outcomes = self._exchange(group, worker, batch)
         except WorkerLoss as loss:
-            outcomes = self._lost_batch(group, batch, loss)
+            outcomes, shown = lost_batch_outcomes(group.plugin_id, batch, loss, self.config.on_crash)
+            with group.lock:
+                group.last_error = str(loss.error(group.plugin_id, batch[shown].capability, 0.0))[:500]
+                group.errors += sum(isinstance(o, BaseException) for o in outcomes)  # a rerun counts later
         except BaseException as exc:
             self._deliver(group, batch[1:], [copy.copy(exc) for _ in batch[1:]])
             raise
         else:  # calls the worker did not run (one before them hit its memory limit) run again, alone
             outcomes = [
-                _Rerun(CallTimeoutError(group.plugin_id, c.capability, c.timeout_s)) if _not_run(o) else o
+                Rerun(CallTimeoutError(group.plugin_id, c.capability, c.timeout_s)) if not_run(o) else o
                 for c, o in zip(batch, outcomes, strict=True)
             ]
         self._deliver(group, batch[1:], outcomes[1:])
         mine = outcomes[0]
-        if isinstance(mine, _Rerun):
-            if not _worth_rerun(call.deadline, call.timeout_s):
+        if isinstance(mine, Rerun):
+            if not worth_rerun(call.deadline, call.timeout_s):
                 raise mine.error
             return self._run_call(group, call.capability, call.data, call.deadline, call.timeout_s, solo=True)
         if isinstance(mine, BaseException):
             raise mine
         return outcome_value(group.plugin_id, call.capability, mine, None, worker.handle.pid)
 
-    def _exchange(self, group: WorkerGroup, worker: Worker, batch: list[_Call]) -> list[Any]:
+    def _exchange(self, group: WorkerGroup, worker: Worker, batch: list[Call]) -> list[Any]:
         """One frame (a call, a chunk, or calls batched together) and its reply; returns the outcomes in order
         and gives the worker back. Raises WorkerLoss when the worker is lost, MalformedReplyError."""
         handle = worker.handle
         multi = len(batch) > 1
         data = codec.encode_multi([c.data for c in batch]) if multi else batch[0].data
-        frames = self._send(group, worker, [data], min(c.deadline for c in batch), reply_parts=multi)[0]
+        frames = self._exchanger.send(worker, [data], min(c.deadline for c in batch), reply_parts=multi)[0]
         try:
             if not multi:
                 outcomes = [codec.decode_reply(frames[0])]
@@ -530,77 +441,7 @@ class SandboxPool:
         self._give_back(group, worker, len(batch))
         return outcomes
 
-    def _send(
-        self, group: WorkerGroup, worker: Worker, frames: list[bytes], deadline: float, *, reply_parts: bool = False
-    ) -> list[list[memoryview]]:
-        """Send ``frames`` on the worker's stream (all at once: the worker answers them in order) and read
-        every reply, each frame's deadline counting from when the worker could start it. Raises WorkerLoss."""
-        handle = worker.handle
-        client = handle.client
-        replies: list[list[memoryview]] = []
-        try:
-            if client is None:
-                raise StreamBroken("the worker's channel is closed")
-            self._watch.arm(handle, deadline)
-            for data in frames:
-                client.send(data)
-            for _ in frames:
-                parts = [client.receive()]
-                while reply_parts and bytes(parts[-1][:1]) == b"P":
-                    parts.append(client.receive())
-                replies.append(parts)
-        except (grpc.RpcError, StreamBroken, ValueError) as exc:  # ValueError: its channel was just closed
-            self._watch.disarm(handle)
-            raise self._loss(group, worker, exc) from None
-        if not self._watch.disarm(handle):  # the deadline won the race with the reply: the kill is under way
-            raise self._loss(group, worker, StreamBroken("the deadline passed"))
-        return replies
-
-    def _loss(self, group: WorkerGroup, worker: Worker, exc: BaseException) -> WorkerLoss:
-        """What a broken stream means for the calls on it: how the worker ended (it is killed if it lives)."""
-        handle = worker.handle
-        code = exc.code() if isinstance(exc, grpc.RpcError) else None
-        if handle.timed_out:  # killed at a deadline (the pool replaces it)
-            return WorkerLoss(handle, "timeout")
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not handle.exited.is_set():
-            # Only a worker that ignores the message limit gets here: its stream is gone with the reply.
-            self.supervisor.kill_worker(handle, "crash")
-            return WorkerLoss(handle, "too_large", (exc.details() if isinstance(exc, grpc.RpcError) else "") or "")
-        # The worker is gone or its stream is broken: wait for the zygote's exit report (it arrives within
-        # milliseconds of the death) so the error can say how it died.
-        if not handle.exited.wait(EXIT_WAIT_S):
-            self.supervisor.kill_worker(handle, "crash")
-            handle.exited.wait(EXIT_WAIT_S)
-        return WorkerLoss(handle, "died")
-
-    def _lost_batch(self, group: WorkerGroup, batch: list[_Call], loss: WorkerLoss) -> list[Any]:
-        """What each call of a lost batch gets: alone, or with ``on_crash = "fail"``, the error of the loss;
-        with ``"isolate"`` the call that caused the loss gets the error (the one whose deadline passed, or the
-        one the worker died in: its progress cell says which) and every other runs once more, alone (a _Rerun;
-        with no time left, a plain timeout: it did not cause the loss). When the worker died outside every
-        call, each runs once more."""
-        errors: list[Any] = [loss.error(group.plugin_id, c.capability, c.timeout_s) for c in batch]
-        isolate = len(batch) > 1 and self.config.on_crash == "isolate" and loss.kind in ("died", "timeout")
-        progress = loss.handle.progress_at_exit
-        culprit: int | None = None
-        if isolate and loss.kind == "timeout":  # the deadline that fired: the earliest of the batch
-            culprit = min(range(len(batch)), key=lambda n: batch[n].deadline)
-        elif isolate and 1 <= progress <= len(batch):
-            culprit = progress - 1
-        outcomes: list[Any] = errors
-        if isolate:
-            outcomes = [
-                error
-                if n == culprit
-                else _Rerun(error if culprit is None else CallTimeoutError(group.plugin_id, c.capability, c.timeout_s))
-                for n, (c, error) in enumerate(zip(batch, errors, strict=True))
-            ]
-        with group.lock:
-            group.last_error = str(errors[0 if culprit is None else culprit])[:500]
-            group.errors += sum(isinstance(o, BaseException) for o in outcomes)  # a call run again counts later
-        return outcomes
-
-    def _deliver(self, group: WorkerGroup, riders: list[_Call], outcomes: list[Any]) -> None:
+    def _deliver(self, group: WorkerGroup, riders: list[Call], outcomes: list[Any]) -> None:
         if not riders:
             return
         with group.lock:
@@ -639,31 +480,13 @@ class SandboxPool:
             return []
         group = self._group(plugin_id)
         chunks = chunk_items(items, chunk_size, group.max_workers, self.config.chunk_mb)
+        # Every chunk encoded before any is sent: a payload that cannot cross fails the call at once.
         parts = [
             part
             for offset, chunk in chunks
-            for part in self._encode_parts(plugin_id, capability, chunk, offset)  # all before any is sent
+            for part in encode_chunk(plugin_id, capability, chunk, offset, self._max_message_bytes)
         ]
         return ChunkRun(self, group, capability, parts, timeout_s).run()
-
-    def _encode_parts(
-        self, plugin_id: str, capability: str, chunk: list[Any], offset: int
-    ) -> list[tuple[list[Any], int, bytes]]:
-        """The chunk encoded, halved until every part fits sandbox.max_message_mb: (items, offset, data)."""
-        data = encode(
-            plugin_id,
-            codec.encode_batch,
-            capability,
-            chunk,
-            "batch",
-            self._max_message_bytes,
-            check_size=len(chunk) == 1,
-        )
-        if len(data) <= self._max_message_bytes:
-            return [(chunk, offset, data)]
-        half = len(chunk) // 2
-        first = self._encode_parts(plugin_id, capability, chunk[:half], offset)
-        return first + self._encode_parts(plugin_id, capability, chunk[half:], offset + half)
 
     # -- health -------------------------------------------------------------------------------------
 
@@ -705,17 +528,3 @@ class SandboxPool:
             return []
         with group.lock:
             return sorted(w.handle.pid for w in group.spares if w.handle.pid is not None)
-
-
-_CALL_KINDS = (b"J", b"R")
-_NO_COND: Any = None
-
-
-def _not_run(outcome: Any) -> bool:
-    ok, value = outcome
-    return not ok and value[0] == "not_run"
-
-
-def _worth_rerun(deadline: float, timeout_s: float) -> bool:
-    """Whether a call of a lost batch has time enough left to run again alone."""
-    return deadline - time.monotonic() >= RERUN_MIN_SHARE * timeout_s

@@ -26,26 +26,36 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
-import grpc
-import psutil
-
-from plugin_pool._proto.v1 import worker_pb2 as pb
 from plugin_pool.config import SandboxConfig
 from plugin_pool.errors import SandboxError
-from plugin_pool.sandbox._codec import PROGRESS, PROGRESS_BYTES
+from plugin_pool.sandbox._checks import check_workers
 from plugin_pool.sandbox._confine import LAYER_MOUNTNS, LAYER_PIDNS, LayerStatus
 from plugin_pool.sandbox._sched import Scheduler, Task
-from plugin_pool.sandbox._worker import BOOT_EXIT_CODES
-from plugin_pool.sandbox.cgroups import CgroupLimits, CgroupTree
-from plugin_pool.sandbox.confinement import PROGRESS_NAME, choose_confinement, worker_spec
+from plugin_pool.sandbox.cgroups import CgroupTree
+from plugin_pool.sandbox.confinement import choose_confinement, worker_spec
 from plugin_pool.sandbox.host_services import HostServices
 from plugin_pool.sandbox.identities import WorkerIdentities
+from plugin_pool.sandbox.resources import (
+    BASE_DIR_PREFIX,
+    MAX_SOCKET_PATH,
+    SOCKET_NAME,
+    claim_resources,
+    make_worker_dirs,
+    read_progress,
+    release_resources,
+    remove_orphaned_dirs,
+    rss_of,
+    runtime_dir_for,
+)
+from plugin_pool.sandbox.staging import stage_copy, unstage_copy
 from plugin_pool.sandbox.worker_client import (
     BootError,
     WorkerClient,
     WorkerHandle,
     WorkerPlan,
-    run_boot_step,
+    boot_steps,
+    stop_all,
+    wait_for_socket,
 )
 from plugin_pool.sandbox.zygote_client import (
     ZYGOTE_READY_TIMEOUT_S,
@@ -60,18 +70,11 @@ __all__ = ["BootError", "Supervisor", "WorkerHandle", "WorkerPlan", "remove_orph
 
 _log = logging.getLogger("plugin_pool.sandbox")
 
-MAX_SOCKET_PATH = 107
-"""sun_path holds 108 bytes with the terminating NUL."""
-RUN_DIR = "/run/plugin-pool"
-"""The runtime directory of a root host (sandbox.runtime_dir = 'auto'); shared by every host of the machine."""
-SOCKET_POLL_S = 0.0005
 CHECK_INTERVAL_S = 1.0
 RETIRE_STOP_S = 1.0
 """How long a retiring worker's stop() may take before it is shut down anyway."""
 RETIRE_EXIT_S = 1.0
 """How long a retiring worker may take to exit after Shutdown before it is killed."""
-BASE_DIR_PREFIX = "plugin-pool-"
-SOCKET_NAME = "s"
 
 
 class Supervisor:
@@ -171,7 +174,7 @@ class Supervisor:
             self._thread.join(3.0)
         self.services.close()
         for handle in workers:  # a worker whose exit report was lost with the zygote: its claims go now
-            self._release_resources(handle)
+            release_resources(handle, self.identities)
         if self.base_dir is not None:
             shutil.rmtree(self.base_dir, ignore_errors=True)
         if self.cgroups is not None:
@@ -282,34 +285,10 @@ class Supervisor:
 
     def check_workers(self) -> None:
         """Once a second: mark workers whose resident memory grew past the limit for recycling, and report
-        workers that burned CPU while no call was in flight (``on_idle_cpu``).
-
-        The pool retires a marked worker when it is next idle, so no call in flight is lost.
-        """
+        workers that burned CPU while no call was in flight (``on_idle_cpu``). See ``_checks``."""
         with self._lock:
             workers = [h for h in self._workers.values() if not h.exited.is_set()]
-        limit_bytes = self.config.recycle_memory_growth_mb * 1024 * 1024
-        for handle in workers:
-            rss = _rss_of(handle.pid)
-            if rss and handle.rss_baseline and rss - handle.rss_baseline > limit_bytes:
-                handle.recycle_for = handle.recycle_for or "memory"
-            self._check_idle_cpu(handle)
-
-    def _check_idle_cpu(self, handle: WorkerHandle) -> None:
-        limit = self.config.idle_cpu_limit
-        if limit <= 0 or not handle.booted_at:
-            return
-        now = time.monotonic()
-        used = handle.cgroup.get_cpu_seconds() if handle.cgroup is not None else None
-        if used is None:
-            used = _cpu_seconds_of(handle.pid)
-        previous, handle.cpu_sample = handle.cpu_sample, (now, used)
-        # Judge only a window in which the worker was idle from start to end (no call began or ended in it).
-        if previous is None or handle.busy or handle.idle_since > previous[0] or now - previous[0] < 0.5:
-            return
-        share = (used - previous[1]) / (now - previous[0])
-        if share > limit and self.on_idle_cpu is not None:
-            self.on_idle_cpu(handle, share)
+        check_workers(self.config, workers, self.on_idle_cpu)
 
     # -- zygote frames -----------------------------------------------------------------------------
 
@@ -382,7 +361,7 @@ class Supervisor:
         # Read before anything else moves: whoever wakes on ``exited`` must find how the worker died.
         if handle.cgroup is not None and handle.killed_for is None and handle.cgroup.get_oom_kills() > 0:
             handle.oom_killed = True
-        handle.progress_at_exit = _read_progress(handle)
+        handle.progress_at_exit = read_progress(handle)
         handle.exited.set()
         for waiter in handle.exit_waiters:
             waiter.set()
@@ -391,7 +370,7 @@ class Supervisor:
         self.on_worker_exit(handle)
         if self.base_dir is not None:
             shutil.rmtree(handle.directory, ignore_errors=True)
-        self._release_resources(handle)
+        release_resources(handle, self.identities)
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -416,11 +395,11 @@ class Supervisor:
         handle = WorkerHandle(
             plugin_id=plan.plugin_id, directory=directory, socket_path=directory / "sock" / SOCKET_NAME
         )
-        self._claim_resources(plan, handle)
+        claim_resources(self.config, plan, handle, self.identities, self.cgroups)
         try:
-            self._make_worker_dirs(handle)
+            make_worker_dirs(handle, mount_namespace=self.mount_namespace)
         except OSError:
-            self._release_resources(handle)
+            release_resources(handle, self.identities)
             raise
         spec = worker_spec(
             self.config,
@@ -432,13 +411,14 @@ class Supervisor:
         )
         future: Future[int] = Future()
         with self._lock:
-            if self._closed:
-                self._release_resources(handle)
-                raise BootError("the sandbox is closed", plugin_id=plan.plugin_id, pid=None)
             zygote = self._zygote
-            self._pending[number] = (future, handle)
-        if zygote is None:
-            raise BootError("the sandbox zygote is not running", plugin_id=plan.plugin_id, pid=None, zygote_down=True)
+            if not self._closed and zygote is not None:
+                self._pending[number] = (future, handle)
+        if self._closed or zygote is None:
+            release_resources(handle, self.identities)
+            shutil.rmtree(handle.directory, ignore_errors=True)
+            what = "the sandbox is closed" if self._closed else "the sandbox zygote is not running"
+            raise BootError(what, plugin_id=plan.plugin_id, pid=None, zygote_down=not self._closed)
         deadline = time.monotonic() + self.config.boot_timeout_s
         try:
             zygote.spawn(number, spec)
@@ -447,42 +427,14 @@ class Supervisor:
                 # Here, while the worker confines itself: a cgroup v1 move waits several ms for an RCU grace
                 # period. The worker imports the plugin only after Initialize, and checks it was moved.
                 handle.cgroup.add(pid)
-            self._wait_for_socket(handle, deadline)
+            wait_for_socket(handle, deadline, self.config.boot_timeout_s)
             self._connect(handle)
-            self._boot_steps(handle, plan)
+            boot_steps(handle, plan)
         except BaseException as exc:
             raise self._boot_failed(plan, handle, number, zygote, exc) from exc
         handle.booted_at = handle.idle_since = time.monotonic()
-        handle.rss_baseline = _rss_of(handle.pid)
+        handle.rss_baseline = rss_of(handle.pid)
         return handle
-
-    def _boot_steps(self, handle: WorkerHandle, plan: WorkerPlan) -> None:
-        run_boot_step(
-            handle,
-            "initialize",
-            plan.initialize_timeout_s,
-            lambda stub, t: stub.Initialize.future(
-                pb.InitializeRequest(
-                    plugin_id=plan.plugin_id, config_json=plan.config_json, services=list(plan.services)
-                ),
-                timeout=t,
-                # The socket file appears at bind, a moment before the worker listens; without this a
-                # connect in that moment is refused and the boot fails with UNAVAILABLE.
-                wait_for_ready=True,
-            ),
-        )
-        run_boot_step(
-            handle, "start", plan.start_timeout_s, lambda stub, t: stub.Start.future(pb.StepRequest(), timeout=t)
-        )
-        client = handle.client
-        if client is None:  # it died right after start: the boot fails like any death
-            raise BootError(
-                f"plugin {plan.plugin_id!r}: {handle.describe_exit()} after start",
-                plugin_id=plan.plugin_id,
-                pid=handle.pid,
-                boot_failure=handle.exit_code in BOOT_EXIT_CODES,
-            )
-        client.open_stream()
 
     def _boot_failed(
         self, plan: WorkerPlan, handle: WorkerHandle, number: int, zygote: ZygoteProcess, exc: BaseException
@@ -493,7 +445,7 @@ class Supervisor:
             zygote_died = self._zygote is not zygote
         self.kill_worker(handle, "boot")
         if handle.pid is None:  # never forked: no exit report will come to release its uid and cgroups
-            self._release_resources(handle)
+            release_resources(handle, self.identities)
             shutil.rmtree(handle.directory, ignore_errors=True)
         if zygote_died and isinstance(exc, Exception) and not getattr(exc, "boot_failure", False):
             return BootError(
@@ -558,14 +510,7 @@ class Supervisor:
     def stop_steps(self, handles: list[WorkerHandle], timeout_s: float) -> list[str | None]:
         """Call the plugin's stop() in every worker at once (each has the full ``timeout_s``, so n workers
         take one timeout, not n); return each one's error text, or None on success. Blocks."""
-        futures: list[grpc.Future[pb.StepReply] | None] = []
-        for handle in handles:
-            client = handle.client
-            try:
-                futures.append(None if client is None or handle.exited.is_set() else client.stop_future(timeout_s))
-            except ValueError:  # the channel was closed: the worker died or was killed
-                futures.append(None)
-        return [_stop_error(future, timeout_s) for future in futures]
+        return stop_all(handles, timeout_s)
 
     def _close_channel(self, handle: WorkerHandle) -> None:
         client = handle.client
@@ -583,105 +528,18 @@ class Supervisor:
             self._close_channel(handle)
         self.services.serve(handle)
 
-    def _wait_for_socket(self, handle: WorkerHandle, deadline: float) -> None:
-        delay = SOCKET_POLL_S
-        while not handle.socket_path.exists():
-            if handle.exited.wait(delay):
-                raise BootError(
-                    f"plugin {handle.plugin_id!r}: {handle.describe_exit()} before serving",
-                    plugin_id=handle.plugin_id,
-                    pid=handle.pid,
-                    boot_failure=handle.exit_code in BOOT_EXIT_CODES,
-                )
-            if time.monotonic() > deadline:
-                raise BootError(
-                    f"plugin {handle.plugin_id!r}: worker pid {handle.pid} did not serve within "
-                    f"{self.config.boot_timeout_s:g} s (sandbox.boot_timeout_s)",
-                    plugin_id=handle.plugin_id,
-                    pid=handle.pid,
-                )
-            delay = min(delay * 1.5, 0.005)
-
-    def _make_worker_dirs(self, handle: WorkerHandle) -> None:
-        directory = handle.directory
-        directory.mkdir(mode=0o711)
-        # root: the empty mount point of the worker's private root (the mount exists only in its namespace);
-        # tmp: its temp dir when there is no private root (then it has no size limit).
-        subdirs = ("sock", "root") if self.mount_namespace else ("sock", "tmp")
-        uid = handle.identity.uid if handle.identity is not None else None
-        for sub in subdirs:
-            path = directory / sub
-            path.mkdir(mode=0o700)
-            if uid is not None and sub != "root":
-                os.chown(path, uid, uid)
-        # The progress cell: the worker maps it before it drops its uid; the host reads it when it dies.
-        fd = os.open(directory / PROGRESS_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, PROGRESS_BYTES)
-        except OSError:
-            os.close(fd)
-            raise
-        handle.progress_fd = fd
-
-    def _claim_resources(self, plan: WorkerPlan, handle: WorkerHandle) -> None:
-        """A uid and cgroups of its own for a worker about to be spawned (released by _release_resources)."""
-        config = self.config
-        if self.identities is not None:
-            handle.identity = self.identities.claim()
-        if self.cgroups is not None:
-            limits = CgroupLimits(
-                memory_mb=min(plan.memory_mb or config.memory_mb, config.memory_mb),
-                max_threads=config.max_threads,
-                cpu_quota=config.cpu_quota,
-            )
-            try:
-                handle.cgroup = self.cgroups.create_worker(handle.directory.name, limits)
-            except OSError as exc:
-                self._release_resources(handle)
-                raise BootError(
-                    f"plugin {plan.plugin_id!r}: cannot create the worker's cgroup: {exc}",
-                    plugin_id=plan.plugin_id,
-                    pid=None,
-                ) from exc
-
-    def _release_resources(self, handle: WorkerHandle) -> None:
-        """Give back a gone worker's uid, remove its cgroups, close its progress cell. Idempotent."""
-        progress_fd, handle.progress_fd = handle.progress_fd, None
-        if progress_fd is not None:
-            os.close(progress_fd)
-        identity, handle.identity = handle.identity, None
-        cgroup, handle.cgroup = handle.cgroup, None
-        if cgroup is not None:
-            cgroup.remove()
-        if identity is not None and self.identities is not None:
-            self.identities.release(identity)
-
     # -- plugins -----------------------------------------------------------------------------------
 
     def stage_plugin(self, plugin_id: str, source: Path) -> Path:
         """Copy a plugin folder to a private place its workers load from; return the copy. Blocks briefly.
-
-        Directories become 0755 and files 0644, owned by the host: the worker uid can read them but not
-        change them, wherever the original lives (a 0700 home, a temp dir). Symlinks are copied as links,
-        so one that points outside still leads nowhere a worker may read (Landlock).
-        """
+        See ``staging.stage_copy`` (0755/0644, owned by the host, symlinks kept as links)."""
         assert self.base_dir is not None
-        staged = self.base_dir / "plugins"
-        staged.mkdir(mode=0o711, exist_ok=True)
-        target = staged / f"p{next(self._ids)}"
-        shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for dirpath, _, filenames in os.walk(target):
-            os.chmod(dirpath, 0o755)
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                if not os.path.islink(path):
-                    os.chmod(path, 0o644)
-        return target
+        return stage_copy(self.base_dir, f"p{next(self._ids)}", source)
 
     def unstage_plugin(self, staged: Path) -> None:
         """Remove a copy made by stage_plugin (a no-op for any other path). Idempotent."""
-        if self.base_dir is not None and staged.parent == self.base_dir / "plugins":
-            shutil.rmtree(staged, ignore_errors=True)
+        if self.base_dir is not None:
+            unstage_copy(self.base_dir, staged)
 
     def allow_services(self, plugin_id: str, services: tuple[str, ...]) -> None:
         """Record which host services ``plugin_id``'s workers may call."""
@@ -691,89 +549,3 @@ class Supervisor:
         """Live workers of every plugin."""
         with self._lock:
             return len(self._workers)
-
-
-def _stop_error(future: grpc.Future[pb.StepReply] | None, timeout_s: float) -> str | None:
-    if future is None:
-        return None
-    try:
-        reply = future.result(timeout_s + 1.0)
-    except grpc.FutureCancelledError:
-        return None
-    except grpc.FutureTimeoutError:
-        future.cancel()
-        return f"stop timed out after {timeout_s:g} s"
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return f"stop timed out after {timeout_s:g} s"
-        return f"stop failed: {exc.code().name}"
-    if reply.HasField("error"):
-        return f"stop raised {reply.error.type or reply.error.kind}: {reply.error.message}"
-    return None
-
-
-def runtime_dir_for(config: SandboxConfig) -> Path:
-    """The directory a pool keeps its private directory and uid locks in (``sandbox.runtime_dir``).
-
-    'auto' is /run/plugin-pool for a root host (short, root-only, shared by every host of the machine so
-    their uid claims meet), else /tmp, else the system temp dir. No side effects.
-    """
-    if config.runtime_dir != "auto":
-        return Path(config.runtime_dir)
-    if os.geteuid() == 0 and os.path.isdir("/run"):
-        return Path(RUN_DIR)
-    if os.access("/tmp", os.W_OK | os.X_OK):
-        return Path("/tmp")
-    return Path(tempfile.gettempdir())
-
-
-def remove_orphaned_dirs(parent: Path | None = None) -> list[Path]:
-    """Remove the private directories of hosts that died without closing (SIGKILL leaves them behind).
-
-    Only directories named by this module, owned by this uid, whose host pid no longer runs. A pid that
-    was reused by another process keeps its directory (the safe side). Returns what was removed.
-    """
-    removed = []
-    for path in Path(parent or tempfile.gettempdir()).glob(f"{BASE_DIR_PREFIX}*-*"):
-        pid_text = path.name[len(BASE_DIR_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
-            continue
-        try:
-            if path.lstat().st_uid != os.geteuid() or not path.is_dir() or path.is_symlink():
-                continue
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-        except OSError:
-            continue
-    return removed
-
-
-def _read_progress(handle: WorkerHandle) -> int:
-    """The progress cell's value (0 when unreadable): which call of a batch the worker was in."""
-    if handle.progress_fd is None:
-        return 0
-    try:
-        return int(PROGRESS.unpack(os.pread(handle.progress_fd, PROGRESS.size, 0))[0])
-    except (OSError, ValueError):  # struct.error is a ValueError
-        return 0
-
-
-def _cpu_seconds_of(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except (psutil.Error, OSError):
-        return 0.0
-    return float(times.user + times.system)
-
-
-def _rss_of(pid: int | None) -> int:
-    if pid is None:
-        return 0
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except (psutil.Error, OSError):
-        return 0

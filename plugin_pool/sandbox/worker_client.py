@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,20 @@ from plugin_pool.sandbox._worker import BOOT_EXIT_CODES, FRAME_SLACK
 from plugin_pool.sandbox.cgroups import WorkerCgroup
 from plugin_pool.sandbox.identities import WorkerIdentity
 
-__all__ = ["EXIT_WAIT_S", "BootError", "StreamBroken", "WorkerClient", "WorkerHandle", "WorkerPlan", "run_boot_step"]
+__all__ = [
+    "EXIT_WAIT_S",
+    "BootError",
+    "StreamBroken",
+    "WorkerClient",
+    "WorkerHandle",
+    "WorkerPlan",
+    "boot_steps",
+    "run_boot_step",
+    "stop_all",
+    "wait_for_socket",
+]
 
+SOCKET_POLL_S = 0.0005
 EXIT_WAIT_S = 1.0
 """How long a failed call or boot step waits for the zygote's exit report (it comes within milliseconds)."""
 _CALLS_METHOD = "/plugin_pool.v1.PluginWorkerFrames/Calls"
@@ -293,3 +306,84 @@ def run_boot_step(
             pid=handle.pid,
             boot_failure=True,
         )
+
+
+def wait_for_socket(handle: WorkerHandle, deadline: float, boot_timeout_s: float) -> None:
+    """Wait until a booting worker's socket file appears (it binds it while confined). Blocks; raises
+    BootError when the worker exits first or ``deadline`` passes."""
+    delay = SOCKET_POLL_S
+    while not handle.socket_path.exists():
+        if handle.exited.wait(delay):
+            raise BootError(
+                f"plugin {handle.plugin_id!r}: {handle.describe_exit()} before serving",
+                plugin_id=handle.plugin_id,
+                pid=handle.pid,
+                boot_failure=handle.exit_code in BOOT_EXIT_CODES,
+            )
+        if time.monotonic() > deadline:
+            raise BootError(
+                f"plugin {handle.plugin_id!r}: worker pid {handle.pid} did not serve within "
+                f"{boot_timeout_s:g} s (sandbox.boot_timeout_s)",
+                plugin_id=handle.plugin_id,
+                pid=handle.pid,
+            )
+        delay = min(delay * 1.5, 0.005)
+
+
+def boot_steps(handle: WorkerHandle, plan: WorkerPlan) -> None:
+    """Initialize and start the plugin in a connected worker, then open its call stream. Blocks up to the
+    plan's timeouts; raises BootError."""
+    run_boot_step(
+        handle,
+        "initialize",
+        plan.initialize_timeout_s,
+        lambda stub, t: stub.Initialize.future(
+            pb.InitializeRequest(plugin_id=plan.plugin_id, config_json=plan.config_json, services=list(plan.services)),
+            timeout=t,
+            # The socket file appears at bind, a moment before the worker listens; without this a
+            # connect in that moment is refused and the boot fails with UNAVAILABLE.
+            wait_for_ready=True,
+        ),
+    )
+    run_boot_step(handle, "start", plan.start_timeout_s, lambda stub, t: stub.Start.future(pb.StepRequest(), timeout=t))
+    client = handle.client
+    if client is None:  # it died right after start: the boot fails like any death
+        raise BootError(
+            f"plugin {plan.plugin_id!r}: {handle.describe_exit()} after start",
+            plugin_id=plan.plugin_id,
+            pid=handle.pid,
+            boot_failure=handle.exit_code in BOOT_EXIT_CODES,
+        )
+    client.open_stream()
+
+
+def stop_all(handles: list[WorkerHandle], timeout_s: float) -> list[str | None]:
+    """Call the plugin's stop() in every worker at once (each has the full ``timeout_s``); return each one's
+    error text, or None on success (or when it is gone). Blocks up to about ``timeout_s``."""
+    futures: list[grpc.Future[pb.StepReply] | None] = []
+    for handle in handles:
+        client = handle.client
+        try:
+            futures.append(None if client is None or handle.exited.is_set() else client.stop_future(timeout_s))
+        except ValueError:  # the channel was closed: the worker died or was killed
+            futures.append(None)
+    return [_stop_error(future, timeout_s) for future in futures]
+
+
+def _stop_error(future: grpc.Future[pb.StepReply] | None, timeout_s: float) -> str | None:
+    if future is None:
+        return None
+    try:
+        reply = future.result(timeout_s + 1.0)
+    except grpc.FutureCancelledError:
+        return None
+    except grpc.FutureTimeoutError:
+        future.cancel()
+        return f"stop timed out after {timeout_s:g} s"
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"stop timed out after {timeout_s:g} s"
+        return f"stop failed: {exc.code().name}"
+    if reply.HasField("error"):
+        return f"stop raised {reply.error.type or reply.error.kind}: {reply.error.message}"
+    return None
