@@ -43,7 +43,7 @@ from plugin_pool.sandbox._exchange import Exchange
 from plugin_pool.sandbox.manager import WorkerManager
 from plugin_pool.sandbox.supervisor import Supervisor
 from plugin_pool.sandbox.worker_client import WorkerHandle, WorkerPlan
-from plugin_pool.sandbox.workers import RESTART_REASONS, Worker, WorkerGroup, WorkerRunner
+from plugin_pool.sandbox.workers import RESTART_REASONS, Worker, WorkerGroup, WorkerRunner, WorkerState
 
 __all__ = ["RESTART_REASONS", "DeadlineWatch", "PoolStats", "PoolSupervisor", "SandboxPool"]
 
@@ -512,14 +512,18 @@ class SandboxPool:
             )
 
     def list_worker_pids(self, plugin_id: str, *, spares: bool = True) -> list[int]:
-        """Pids of the plugin's live workers, spares included unless ``spares`` is False (for operators and
-        tests). No side effects."""
+        """Pids of the plugin's live worker processes: every one (spares, and workers retiring until they
+        exit), or with ``spares=False`` only those serving calls. For operators and tests; no side effects."""
         group = self._manager.get_group(plugin_id)
         if group is None:
             return []
         with group.lock:
-            handles = [w.handle for w in group.workers.values() if spares or w not in group.spares]
-            return sorted(h.pid for h in handles if h.pid is not None and not h.exited.is_set())
+            workers = (
+                group.workers.values()
+                if spares
+                else [*group.idle, *(w for w in group.workers.values() if w.state is WorkerState.BUSY)]
+            )
+            return sorted(w.handle.pid for w in workers if w.handle.pid is not None and not w.handle.exited.is_set())
 
     def list_spare_pids(self, plugin_id: str) -> list[int]:
         """Pids of the plugin's warm spares. No side effects."""
