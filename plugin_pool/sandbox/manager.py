@@ -86,6 +86,7 @@ class WorkerManager:
         BootError (with the worker's last output) if one cannot boot."""
         plugin_id = plan.plugin_id
         group = WorkerGroup(plan=plan, min_workers=low, max_workers=high, spare_workers=self.config.spare_workers)
+        group.starting = True  # reconcile leaves it alone until its first workers are in
         with self._lock:
             if plugin_id in self._groups:
                 raise SandboxError(f"plugin {plugin_id!r} already has workers", plugin_id=plugin_id)
@@ -108,6 +109,7 @@ class WorkerManager:
                 self.runner.kill_worker(handle, "stop")
             raise
         with group.lock:
+            group.starting = False
             for handle in booted:
                 if not self._adopt(group, handle, WorkerState.IDLE):
                     self.budget.give(1)  # it died before it was tracked: no exit will give its slot back
@@ -118,18 +120,22 @@ class WorkerManager:
         """Take ``low`` slots, asking other plugins' spares to give way when the budget is full."""
         granted = self.budget.take(low)
         deadline = time.monotonic() + EVICTION_WAIT_S
-        while granted < low:
-            evictable = self._evictable_spares(group)
-            if granted + self.budget.free + evictable < low or time.monotonic() > deadline:
-                self.budget.give(granted)
-                raise SandboxError(
-                    f"plugin {group.plugin_id!r} needs {low} workers but only {granted + self.budget.free} of "
-                    "sandbox.max_total_workers are free",
-                    plugin_id=group.plugin_id,
-                )
-            self._evict_spares(group, low - granted - self.budget.free)
-            time.sleep(0.005)  # the evicted spares give their slots back when they exit
-            granted += self.budget.take(low - granted)
+        group.starved = granted < low  # meanwhile no other plugin takes a freed slot for a spare
+        try:
+            while granted < low:
+                evictable = self._evictable_spares(group)
+                if granted + self.budget.free + evictable < low or time.monotonic() > deadline:
+                    self.budget.give(granted)
+                    raise SandboxError(
+                        f"plugin {group.plugin_id!r} needs {low} workers but only {granted + self.budget.free} of "
+                        "sandbox.max_total_workers are free",
+                        plugin_id=group.plugin_id,
+                    )
+                self._evict_spares(group, low - granted - self.budget.free)
+                time.sleep(0.005)  # the evicted spares give their slots back when they exit
+                granted += self.budget.take(low - granted)
+        finally:
+            group.starved = False
 
     def stop_plugin(self, plugin_id: str, *, timeout_s: float) -> str | None:
         """Run the plugin's stop() in every worker (spares too), in parallel, then retire them all and wait
@@ -184,7 +190,7 @@ class WorkerManager:
         with no idle worker, up to the maximum); retire idle workers above the maximum; boot what is still
         missing, serving workers first, then spares (a spare never takes a slot another plugin needs).
         """
-        if not group.active:
+        if not group.active or group.starting:
             return
         for worker in [*group.idle, *group.spares]:  # due, idle, and a recycle slot free: retire it now
             due = worker.handle.recycle_for or worker.due

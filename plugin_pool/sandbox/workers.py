@@ -124,6 +124,8 @@ class WorkerGroup:
     """Reasons of replacements owed: each is counted when a worker takes the place of the one that left."""
     recycling: int = 0
     active: bool = True
+    starting: bool = False
+    """Its first workers are booting (``start_plugin``): nothing else boots or promotes for it yet."""
     starved: bool = False
     """It needs a serving worker and the budget had no slot (a spare elsewhere is asked to give way)."""
     spawn_after: float = 0.0

@@ -146,6 +146,51 @@ def test_every_worker_runs_as_a_uid_and_gid_of_its_own(host: PluginHost, require
     assert inside["visible"] == [inside["pid"]]
 
 
+def proc_status(pid: int) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+
+
+def test_a_warm_spare_is_confined_like_any_worker(host: PluginHost, require_pool: Callable[..., None]) -> None:
+    require_pool("uid", "cgroup", "mountns", "pidns", "seccomp")
+    assert host.sandbox is not None
+    first, last = parse_uid_range(load_config().sandbox.uid_range)
+    zygote = host.sandbox.supervisor.zygote_pid
+    spares = {p: wait_for(lambda p=p: host.sandbox.list_spare_pids(p), f"{p}'s spare") for p in ("echo", "hog")}
+    uids: dict[int, int] = {}
+    for plugin_id, (spare,) in spares.items():
+        serving = only_worker(host, plugin_id)
+        for pid in (serving, spare):
+            (uid, *_), _ = ids_of(pid)
+            assert first <= uid <= last and uid not in uids.values(), (plugin_id, pid, uid)
+            uids[pid] = uid
+            assert psutil.Process(pid).ppid() == zygote
+            status = proc_status(pid)
+            assert (status["NoNewPrivs"].strip(), status["Seccomp"].strip()) == ("1", "2"), status
+            assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+            assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        groups = [Path(f"/proc/{pid}/cgroup").read_text() for pid in (serving, spare)]
+        assert all("plugin-pool-" in g for g in groups) and groups[0] != groups[1]  # a group of its own each
+        assert os.readlink(f"/proc/{spare}/ns/mnt") != os.readlink(f"/proc/{serving}/ns/mnt")
+
+
+def test_a_promoted_spare_serves_confined_as_it_was() -> None:
+    spared = PluginHost(_config(spare_workers=1))
+    try:
+        _start(spared, "neighbour", "echo")
+        assert spared.sandbox is not None
+        (spare,) = wait_for(lambda: spared.sandbox.list_spare_pids("neighbour"), "the spare")
+        serving = only_worker(spared, "neighbour")
+        os.kill(serving, signal.SIGKILL)
+        wait_for(lambda: only_worker(spared, "neighbour") == spare, "the spare to take the place")
+        inside = spared.invoke("neighbour", "whoami")
+        assert inside["pid"] == ns_pid(spare)
+        assert inside["ids"] == [ids_of(spare)[0][0]] * 6 and inside["visible"] == [inside["pid"]]
+        wait_for(lambda: spared.restarts["neighbour", "crash"] == 1, "the replacement, counted once")
+        assert_others_serve(spared)
+    finally:
+        close_host(spared)
+
+
 @pytest.fixture
 def nobody_victim() -> Iterator[int]:
     """A process of the shared account 'nobody', which every worker ran as before they got uids of their own."""
