@@ -19,14 +19,12 @@ from plugin_pool.errors import CallTimeoutError
 from plugin_pool.sandbox._calls import WorkerLoss
 from plugin_pool.sandbox.workers import Worker
 
-__all__ = ["NO_WAIT", "PENDING", "RERUN_MIN_SHARE", "Call", "Rerun", "lost_batch_outcomes", "not_run", "worth_rerun"]
+__all__ = ["PENDING", "RERUN_MIN_SHARE", "Call", "Rerun", "lost_batch_outcomes", "not_run", "worth_rerun"]
 
 RERUN_MIN_SHARE = 0.1
 """A call of a lost batch runs again only while at least this share of its timeout is left."""
 PENDING: Any = object()
 """A rider's outcome until its leader delivers one."""
-NO_WAIT = threading.Condition()
-"""The condition of a call that took an idle worker at once: it never waits and is never woken."""
 _CALL_KINDS = (b"J", b"R")
 
 

@@ -203,6 +203,10 @@ class ChunkRun:
         chunk, offset, _ = self.parts[index]
         plugin_id = self.group.plugin_id
         try:
+            blobs = codec.decode_blob_results(reply)  # every result bytes: no outcome to look at
+            if blobs is not None and len(blobs) == len(chunk):
+                self.results[index] = blobs
+                return
             outcomes = codec.decode_batch_results(reply)
             if len(outcomes) != len(chunk):
                 if len(outcomes) == 1 and not outcomes[0][0]:  # the whole batch failed (e.g. reply too large)

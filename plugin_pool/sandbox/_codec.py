@@ -60,6 +60,7 @@ __all__ = [
     "Outcome",
     "decode_batch",
     "decode_batch_results",
+    "decode_blob_results",
     "decode_call",
     "decode_multi",
     "decode_reply",
@@ -367,6 +368,14 @@ def decode_batch_results(data: memoryview) -> list[Outcome]:
             for item_kind, value in _read_items(body, (_JSON, _RAW, _ERROR))
         ]
     raise ValueError("malformed batch reply")
+
+
+def decode_blob_results(data: memoryview) -> list[bytes] | None:
+    """The results of a batch reply whose every result is bytes (kind B), or None for any other kind: the
+    fast path of a batch of bytes, which skips the outcome tuples. Raises ValueError if malformed."""
+    if bytes(data[:1]) != _BLOBS:
+        return None
+    return _unpack_blobs(data[1:])
 
 
 def _read_items(body: memoryview, kinds: tuple[bytes, ...]) -> list[tuple[bytes, Any]]:

@@ -33,8 +33,8 @@ class DeadlineWatch:
         self._task: Any = None
 
     def arm(self, handle: WorkerHandle, deadline: float) -> None:
-        """Kill ``handle``'s worker at ``deadline`` unless ``disarm`` comes first. Never blocks."""
-        handle.timed_out = False
+        """Kill ``handle``'s worker at ``deadline`` unless ``disarm`` comes first. Never blocks. (A worker once
+        killed at a deadline is never armed again: ``timed_out`` stays set.)"""
         handle.deadline = deadline
         if deadline < self._next_at:
             with self._lock:

@@ -51,6 +51,24 @@ class Exchange:
             raise self.loss(worker, StreamBroken("the deadline passed"))
         return replies
 
+    def send_one(self, worker: Worker, data: bytes, deadline: float) -> memoryview:
+        """One frame and its one reply (a single call). Blocks until ``deadline`` at most. Raises WorkerLoss."""
+        handle = worker.handle
+        client = handle.client
+        watch = self.watch
+        try:
+            if client is None:
+                raise StreamBroken("the worker's channel is closed")
+            watch.arm(handle, deadline)
+            client.send(data)
+            reply = client.receive()
+        except (grpc.RpcError, StreamBroken, ValueError) as exc:  # ValueError: its channel was just closed
+            watch.disarm(handle)
+            raise self.loss(worker, exc) from None
+        if not watch.disarm(handle):  # the deadline won the race with the reply: the kill is under way
+            raise self.loss(worker, StreamBroken("the deadline passed"))
+        return reply
+
     def loss(self, worker: Worker, exc: BaseException) -> WorkerLoss:
         """What a broken stream means for the calls on it: how the worker ended (killed if it lives). Blocks up
         to 2 s for the exit report."""

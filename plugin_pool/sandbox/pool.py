@@ -35,7 +35,7 @@ from plugin_pool.errors import (
 )
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.sandbox import _codec as codec
-from plugin_pool.sandbox._batches import NO_WAIT, PENDING, Call, Rerun, lost_batch_outcomes, not_run, worth_rerun
+from plugin_pool.sandbox._batches import PENDING, Call, Rerun, lost_batch_outcomes, not_run, worth_rerun
 from plugin_pool.sandbox._calls import WorkerLoss, encode, outcome_value
 from plugin_pool.sandbox._chunks import ChunkRun, chunk_items, encode_chunk
 from plugin_pool.sandbox._deadlines import DeadlineWatch
@@ -283,10 +283,10 @@ class SandboxPool:
             if not group.active:
                 raise PluginNotActiveError(group.plugin_id, PluginState.STOPPED, "its sandbox workers were stopped")
             worker = self._manager.take_idle(group) if not group.waiters else None
-            if worker is not None:
-                call = Call(data, capability, deadline, timeout_s, NO_WAIT, solo=True, worker=worker)
-            else:
+            if worker is None:
                 call = self._wait_in_line(group, data, capability, deadline, timeout_s, solo=solo)
+        if worker is not None:  # the common case: an idle worker, the call goes at once, alone
+            return self._alone(group, worker, capability, data, deadline, timeout_s)
         if call.worker is None:  # it rode in another call's batch
             outcome = call.outcome
             if isinstance(outcome, Rerun):
@@ -297,6 +297,35 @@ class SandboxPool:
                 raise outcome
             return outcome_value(group.plugin_id, capability, outcome, None, None)
         return self._lead(group, call)
+
+    def _alone(
+        self, group: WorkerGroup, worker: Worker, capability: str, data: bytes, deadline: float, timeout_s: float
+    ) -> Any:
+        """One call on a worker of its own: the shortest path (no batch, no rider to answer)."""
+        handle = worker.handle
+        try:
+            reply = self._exchanger.send_one(worker, data, deadline)
+        except WorkerLoss as loss:
+            error = loss.error(group.plugin_id, capability, timeout_s)
+            with group.lock:
+                group.errors += 1
+                group.last_error = str(error)[:500]
+            raise error from None
+        try:
+            outcome = codec.decode_reply(reply)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._give_back(group, worker, 1)
+            raise MalformedReplyError(
+                f"plugin {group.plugin_id!r}: worker pid {handle.pid} sent a malformed reply: {exc}",
+                plugin_id=group.plugin_id,
+                pid=handle.pid,
+            ) from None
+        if not outcome[0] and outcome[1][0] == "resource_limit":
+            handle.recycle_for = handle.recycle_for or "memory"  # a real MemoryError: replaced once idle
+        with group.lock:
+            group.calls += 1
+            self._manager.release(group, worker, 1)
+        return outcome_value(group.plugin_id, capability, outcome, None, handle.pid)
 
     def _take_worker(self, group: WorkerGroup, capability: str, deadline: float, timeout_s: float) -> Worker:
         """A worker for one caller alone (chunks of invoke_many): idle now, or after waiting in line."""
@@ -356,10 +385,7 @@ class SandboxPool:
                 return
             leader = group.waiters.popleft()
             leader.worker = worker
-            # Batch only at full size: while the pool grows, the calls behind get workers of their own.
-            if not leader.solo and self.config.max_batch > 1 and group.serving >= group.max_workers:
-                leader.riders = self._take_riders(group, leader, self.config.max_batch - 1)
-            leader.cond.notify()
+            leader.cond.notify()  # it takes the calls that will ride with it when it wakes (see _lead)
 
     def _take_riders(self, group: WorkerGroup, leader: Call, count: int) -> list[Call]:
         """Up to ``count`` waiting calls (not solo ones) that fit in one frame with the leader's."""
@@ -379,11 +405,16 @@ class SandboxPool:
         """Send the call (and its riders) on the worker it was handed; deliver every rider's outcome."""
         worker = call.worker
         assert worker is not None
-        wait_s = self.config.batch_wait_us / 1e6
-        if wait_s > 0 and call.riders is not None and len(call.riders) < self.config.max_batch - 1:
-            with group.lock:  # the optional window: calls arriving meanwhile ride along
-                call.cond.wait(wait_s)
-                call.riders += self._take_riders(group, call, self.config.max_batch - 1 - len(call.riders))
+        room = self.config.max_batch - 1
+        # Riders are taken now, when the leader has woken, not when it was handed the worker: the calls that
+        # came meanwhile (often the caller that freed the worker, calling again) ride along, at no cost in
+        # latency. Batch only at full size: while the pool grows, the calls behind get workers of their own.
+        if not call.solo and room > 0 and group.serving >= group.max_workers:
+            with group.lock:
+                wait_s = self.config.batch_wait_us / 1e6
+                if wait_s > 0 and len(group.waiters) < room:
+                    call.cond.wait(wait_s)  # the optional window: calls arriving meanwhile ride along
+                call.riders = self._take_riders(group, call, room)
         batch = [call, *(call.riders or ())]
         try:
             outcomes = self._exchange(group, worker, batch)

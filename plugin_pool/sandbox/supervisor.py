@@ -365,9 +365,10 @@ class Supervisor:
         handle.exited.set()
         for waiter in handle.exit_waiters:
             waiter.set()
-        self._close_channel(handle)
-        # The pool first (a spare takes over at once), the clean-up after: removing cgroups may wait.
+        # The pool first (a spare takes over at once), the clean-up after: closing a channel and removing
+        # cgroups may take milliseconds. A call still waiting on this worker's stream has seen it break.
         self.on_worker_exit(handle)
+        self._close_channel(handle)
         if self.base_dir is not None:
             shutil.rmtree(handle.directory, ignore_errors=True)
         release_resources(handle, self.identities)
