@@ -207,7 +207,7 @@ def _kill_workers(
         victims = [
             (plugin_id, pid)
             for plugin_id in host.get_health().active
-            for pid in (pool.list_worker_pids(plugin_id) if pool is not None else [])
+            for pid in (pool.list_worker_pids(plugin_id, spares=False) if pool is not None else [])
         ]
         if not victims:
             return

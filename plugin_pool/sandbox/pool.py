@@ -391,10 +391,12 @@ class SandboxPool:
         """Up to ``count`` waiting calls (not solo ones) that fit in one frame with the leader's."""
         riders: list[Call] = []
         size = len(leader.data) + 4 * (count + 2)
+        now = time.monotonic()
         for call in list(group.waiters):
             if len(riders) >= count:
                 break
-            if call.solo or size + len(call.data) > self._max_message_bytes:
+            # A call out of time stays in line (it fails on its own); one that would not fit waits for the next.
+            if call.solo or call.deadline <= now or size + len(call.data) > self._max_message_bytes:
                 continue
             group.waiters.remove(call)
             riders.append(call)
@@ -405,6 +407,9 @@ class SandboxPool:
         """Send the call (and its riders) on the worker it was handed; deliver every rider's outcome."""
         worker = call.worker
         assert worker is not None
+        if time.monotonic() >= call.deadline:  # it waited its whole time: the worker goes on to the next call
+            self._give_back(group, worker, 0)
+            raise CallTimeoutError(group.plugin_id, call.capability, call.timeout_s)
         room = self.config.max_batch - 1
         # Riders are taken now, when the leader has woken, not when it was handed the worker: the calls that
         # came meanwhile (often the caller that freed the worker, calling again) ride along, at no cost in
