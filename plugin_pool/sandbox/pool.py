@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from plugin_pool.config import SandboxConfig
@@ -43,7 +42,7 @@ from plugin_pool.sandbox._exchange import Exchange
 from plugin_pool.sandbox.manager import WorkerManager
 from plugin_pool.sandbox.supervisor import Supervisor
 from plugin_pool.sandbox.worker_client import WorkerHandle, WorkerPlan
-from plugin_pool.sandbox.workers import RESTART_REASONS, Worker, WorkerGroup, WorkerRunner, WorkerState
+from plugin_pool.sandbox.workers import RESTART_REASONS, PoolStats, Worker, WorkerGroup, WorkerRunner, WorkerState
 
 __all__ = ["RESTART_REASONS", "DeadlineWatch", "PoolStats", "PoolSupervisor", "SandboxPool"]
 
@@ -51,28 +50,6 @@ _log = logging.getLogger("plugin_pool.sandbox")
 
 RIDER_GRACE_S = 10.0
 """How long past its deadline a call riding in a batch waits for the batch's leader (a safety net only)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStats:
-    """One Untrusted plugin's workers and counters at one moment."""
-
-    workers: int
-    """Serving workers (idle or busy); spares are counted apart."""
-    busy: int
-    idle: int
-    waiting: int
-    calls: int
-    """Calls answered by a worker (each call of a batch counts), and chunks of ``invoke_many``."""
-    errors: int
-    restarts: Mapping[str, int]
-    last_error: str | None
-    min_workers: int = 0
-    max_workers: int = 0
-    spares: int = 0
-    """Warm spares: booted, initialized and started, taking no call until one takes a serving place."""
-    batched: int = 0
-    """Calls that rode in a frame with other calls (dynamic batching)."""
 
 
 class PoolSupervisor(WorkerRunner, Protocol):
@@ -529,23 +506,7 @@ class SandboxPool:
     def get_stats(self, plugin_id: str) -> PoolStats | None:
         """The plugin's workers and counters, or None if it has no workers. Never blocks for long."""
         group = self._manager.get_group(plugin_id)
-        if group is None:
-            return None
-        with group.lock:
-            return PoolStats(
-                workers=group.serving,
-                busy=group.busy,
-                idle=len(group.idle),
-                waiting=len(group.waiters),
-                calls=group.calls,
-                errors=group.errors,
-                restarts=dict(group.restarts),
-                last_error=group.last_error,
-                min_workers=group.min_workers,
-                max_workers=group.max_workers,
-                spares=len(group.spares),
-                batched=group.batched,
-            )
+        return None if group is None else group.get_stats()
 
     def list_worker_pids(self, plugin_id: str, *, spares: bool = True) -> list[int]:
         """Pids of the plugin's live worker processes: every one (spares, and workers retiring until they

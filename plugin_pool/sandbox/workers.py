@@ -16,7 +16,7 @@ import collections
 import enum
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -99,6 +99,28 @@ class Worker:
     """Due for recycling (``recycle``: its calls or age) while every recycle slot was taken."""
 
 
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """One Untrusted plugin's workers and counters at one moment."""
+
+    workers: int
+    """Serving workers (idle or busy); spares are counted apart."""
+    busy: int
+    idle: int
+    waiting: int
+    calls: int
+    """Calls answered by a worker (each call of a batch counts), and chunks of ``invoke_many``."""
+    errors: int
+    restarts: Mapping[str, int]
+    last_error: str | None
+    min_workers: int = 0
+    max_workers: int = 0
+    spares: int = 0
+    """Warm spares: booted, initialized and started, taking no call until one takes a serving place."""
+    batched: int = 0
+    """Calls that rode in a frame with other calls (dynamic batching)."""
+
+
 @dataclass(eq=False)
 class WorkerGroup:
     """The workers of one plugin and its counters. Everything here is guarded by ``lock``."""
@@ -148,6 +170,24 @@ class WorkerGroup:
     def serving(self) -> int:
         """Workers that take calls: idle or busy (caller holds the lock)."""
         return len(self.idle) + self.busy
+
+    def get_stats(self) -> PoolStats:
+        """Its workers and counters now. Takes the lock briefly."""
+        with self.lock:
+            return PoolStats(
+                workers=self.serving,
+                busy=self.busy,
+                idle=len(self.idle),
+                waiting=len(self.waiters),
+                calls=self.calls,
+                errors=self.errors,
+                restarts=dict(self.restarts),
+                last_error=self.last_error,
+                min_workers=self.min_workers,
+                max_workers=self.max_workers,
+                spares=len(self.spares),
+                batched=self.batched,
+            )
 
     def wants_more(self) -> int:
         """How many more serving workers the calls waiting (and ``demand``) could use (caller holds lock)."""
