@@ -35,6 +35,9 @@ _log = logging.getLogger("plugin_pool.sandbox")
 
 ZYGOTE_RETRY_S = 0.05
 """How soon a boot that found no zygote tries again (the supervisor restarts the zygote meanwhile)."""
+SPARE_BOOT_DELAY_S = 0.05
+"""How long a spare's boot waits (none for a serving worker's): it must not slow the calls right after a
+handover."""
 EVICTION_WAIT_S = 5.0
 """How long a plugin start waits for other plugins' spares to give way."""
 
@@ -207,6 +210,7 @@ class WorkerManager:
         missing_spares = max(0, want_serving + group.spare_workers - group.serving - len(group.spares) - group.booting)
         missing_spares -= missing_serving
         granted = self.budget.take(missing_serving) if missing_serving else 0
+        serving_boots = granted
         if granted < missing_serving and not group.starved:
             group.starved = True
             self.runner.call_later(0.0, self._rebalance)
@@ -217,9 +221,13 @@ class WorkerManager:
         if missing_spares > 0 and not any(g.starved for g in self.list_groups() if g is not group):
             granted += self.budget.take(missing_spares)
         delay = max(0.0, group.spawn_after - time.monotonic())
-        for _ in range(granted):
+        for n in range(granted):
             group.booting += 1
-            self.runner.schedule(delay, lambda: self._boot(group))
+            # A spare is prepared a moment later: a boot (fork, confinement, cgroup moves) takes CPU that the
+            # calls served right after a handover need more.
+            self.runner.schedule(
+                delay if n < serving_boots else max(delay, SPARE_BOOT_DELAY_S), lambda: self._boot(group)
+            )
 
     def _promote(self, group: WorkerGroup, worker: Worker) -> None:
         """A spare takes a serving place at once (caller holds the lock); the replacement it stands for is
