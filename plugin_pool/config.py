@@ -131,8 +131,47 @@ class SandboxConfig:
         unit="calls",
         minimum=0,
     )
+    spare_workers: int = _setting(
+        1,
+        "warm spares each Untrusted plugin keeps booted, confined, initialized and started beside its serving "
+        "workers: one takes a crashed, timed-out or recycled worker's place at once (and grows the pool at "
+        "once); counted in max_total_workers, but a spare gives way to another plugin's serving worker",
+        unit="workers",
+        minimum=0,
+    )
+    max_batch: int = _setting(
+        16,
+        "calls waiting for a busy plugin that the next free worker takes in one frame (dynamic batching; "
+        "1 turns it off); a call that finds an idle worker always goes at once, alone",
+        unit="calls",
+        minimum=1,
+    )
+    batch_wait_us: int = _setting(
+        0,
+        "how long a call that had to wait may wait more, once it has a worker, for other calls to ride with "
+        "it (0: no window, no added latency)",
+        unit="µs",
+        minimum=0,
+    )
+    on_crash: str = _setting(
+        "isolate",
+        "what a batch of calls gets when its worker dies: 'isolate' runs every call of it once more, alone, so "
+        "only the call that kills its worker fails (a call then runs at most twice: plugins must be "
+        "idempotent); 'fail' gives every call of the batch the crash error",
+        choices=("isolate", "fail"),
+    )
+    chunk_mb: float = _setting(
+        1.0,
+        "target size of one chunk of invoke_many: large items go in smaller chunks, spread over the workers",
+        unit="MiB",
+        minimum=0.001,
+    )
     worker_threads: int = _setting(
-        4, "gRPC server threads in each worker (one call runs at a time)", unit="threads", minimum=3
+        4,
+        "gRPC server threads in each worker (its call stream, its callbacks stream and each lifecycle call hold "
+        "one; calls run one at a time)",
+        unit="threads",
+        minimum=3,
     )
     max_message_mb: float = _setting(
         16.0, "largest payload or reply that crosses the sandbox boundary", unit="MiB", minimum=0.001

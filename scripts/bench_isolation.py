@@ -56,7 +56,9 @@ def open_pool(stack: str) -> Any:
     from plugin_pool.sandbox.pool import SandboxPool
     from plugin_pool.sandbox.supervisor import WorkerPlan
 
-    config = load_config(overrides={"sandbox": {"min_workers": 1, "max_workers": 1, "idle_cpu_limit": 0}}).sandbox
+    # No warm spare: the stacks are compared on one worker each (its idle memory, its calls).
+    sandbox = {"min_workers": 1, "max_workers": 1, "idle_cpu_limit": 0, "spare_workers": 0}
+    config = load_config(overrides={"sandbox": sandbox}).sandbox
     pool = SandboxPool(config)
     if stack != STACKS[0]:
         supervisor = pool.supervisor
@@ -91,13 +93,14 @@ def measure_start(pool: Any, plugin_id: str, spawns: int) -> list[float]:
     """Fork to first call answered, for ``spawns`` extra workers spawned and killed one after the other."""
     from plugin_pool.sandbox import _codec as codec
 
-    plan = pool._plugins[plugin_id].plan  # the staged copy the pool's workers load
+    plan = pool._manager.get_group(plugin_id).plan  # the staged copy the pool's workers load
     frame = codec.encode_call("echo", b"x" * PAYLOAD_BYTES)
     out = []
     for _ in range(spawns):
         started = time.perf_counter()
-        handle = pool.supervisor.spawn_worker(plan)
-        handle.call(frame, timeout=5.0)
+        handle = pool.supervisor.spawn_worker(plan)  # booted: serving, initialized, started, its stream open
+        handle.client.send(frame)
+        handle.client.receive()
         out.append(time.perf_counter() - started)
         pool.supervisor.kill_worker(handle, "stop")
         handle.exited.wait(5.0)

@@ -15,6 +15,18 @@ Batch reply:    kind body                    A: one JSON array of [0, result] or
                                              B: every result is bytes: count, lengths, the bytes,
                                              F: framed items (item kind J/R/E, 4-byte length, body),
                                              E: the whole batch failed (one error)
+Multi request:  M count lengths calls        calls batched together (several callers, maybe several
+                                             capabilities): each item is a whole call request
+Multi reply:    P items ... F items          framed items (as F above), one per call, in order; a reply
+                                             larger than the message limit comes as several frames,
+                                             every one but the last of kind P. After a call that hit the
+                                             worker's memory limit the rest are not run (error not_run).
+
+The progress cell: a page the host creates per worker and the worker maps before it confines itself. While
+it runs the calls of a multi request the worker keeps the number of the call in progress there (1-based, 4
+bytes little-endian at offset 0; 0 between requests), so when the worker dies the host knows which call it
+died in: that call fails, the others did not cause it. The host bounds-checks what it reads (a worker may
+write anything there; at worst it blames another call of its own plugin).
 
 A, B and F are chosen by content: one orjson call or one struct call serves a whole batch, so a batch
 costs well under a microsecond per item in the codec.
@@ -43,17 +55,24 @@ from plugin_pool._proto.v1 import worker_pb2 as pb
 
 __all__ = [
     "ERROR_KINDS",
+    "PROGRESS",
+    "PROGRESS_BYTES",
     "Outcome",
     "decode_batch",
     "decode_batch_results",
+    "decode_blob_results",
     "decode_call",
+    "decode_multi",
     "decode_reply",
+    "decode_reply_items",
     "decode_value",
     "dumps",
     "encode_batch",
     "encode_batch_results",
     "encode_call",
     "encode_error",
+    "encode_multi",
+    "encode_reply_items",
     "encode_result",
     "encode_value",
     "find_non_finite",
@@ -72,6 +91,7 @@ ERROR_KINDS = frozenset(
         "not_ready",
         "service_error",
         "internal",
+        "not_run",
     }
 )
 
@@ -81,6 +101,13 @@ Outcome = tuple[bool, Any]
 _LEN = struct.Struct(">I")
 _SWAP = sys.byteorder != "big"  # blob tables are big-endian like every other length here
 _JSON, _RAW, _ERROR, _ARRAY, _FRAMED, _BLOBS = b"J", b"R", b"E", b"A", b"F", b"B"
+_MULTI, _PART = b"M", b"P"
+PROGRESS = struct.Struct("<I")
+"""The progress cell's layout (see the module docstring)."""
+PROGRESS_BYTES = 4096
+ITEM_OVERHEAD = 5
+"""Bytes a framed item adds to its reply (kind byte and length are shared: the reply's kind becomes the
+item's kind)."""
 _BYTES = (bytes, bytearray, memoryview)
 
 
@@ -343,6 +370,14 @@ def decode_batch_results(data: memoryview) -> list[Outcome]:
     raise ValueError("malformed batch reply")
 
 
+def decode_blob_results(data: memoryview) -> list[bytes] | None:
+    """The results of a batch reply whose every result is bytes (kind B), or None for any other kind: the
+    fast path of a batch of bytes, which skips the outcome tuples. Raises ValueError if malformed."""
+    if bytes(data[:1]) != _BLOBS:
+        return None
+    return _unpack_blobs(data[1:])
+
+
 def _read_items(body: memoryview, kinds: tuple[bytes, ...]) -> list[tuple[bytes, Any]]:
     items: list[tuple[bytes, Any]] = []
     pos = 0
@@ -357,6 +392,46 @@ def _read_items(body: memoryview, kinds: tuple[bytes, ...]) -> list[tuple[bytes,
         chunk = body[start:pos]
         items.append((kind, bytes(chunk) if kind == _RAW else orjson.loads(chunk)))
     return items
+
+
+# -- calls batched together (the pool's dynamic batching) ------------------------------------------------
+
+
+def encode_multi(calls: Sequence[bytes]) -> bytes:
+    """The request data of calls batched together; each of ``calls`` is a whole call request (encode_call),
+    so calls of different capabilities ride in one frame. No value is encoded again."""
+    return _pack_blobs(_MULTI, calls)
+
+
+def decode_multi(data: memoryview) -> list[bytes]:
+    """The call requests of a multi request, in order. Raises ValueError if malformed."""
+    if bytes(data[:1]) != _MULTI:
+        raise ValueError("not a multi request")
+    return _unpack_blobs(data[1:])
+
+
+def encode_reply_items(replies: Sequence[bytes], *, final: bool) -> bytes:
+    """Single-call replies (kind and body, as the worker answers one call) as framed items: the last frame
+    of a multi reply (``final``), or a part with more to come."""
+    parts = [_FRAMED if final else _PART]
+    for reply in replies:
+        parts += [reply[:1], _LEN.pack(len(reply) - 1), reply[1:]]
+    return b"".join(parts)
+
+
+def decode_reply_items(data: memoryview) -> tuple[list[Outcome], bool]:
+    """The outcomes in one frame of a multi reply, and whether it was the last frame.
+
+    Raises ValueError if malformed (a whole-batch error ``E`` is returned as one outcome, final)."""
+    kind = bytes(data[:1])
+    if kind == _ERROR:
+        return [(False, _error_tuple(orjson.loads(data[1:])))], True
+    if kind not in (_FRAMED, _PART):
+        raise ValueError("malformed multi reply")
+    items = _read_items(data[1:], (_JSON, _RAW, _ERROR))
+    return [(True, value) if item_kind != _ERROR else (False, _error_tuple(value)) for item_kind, value in items], (
+        kind == _FRAMED
+    )
 
 
 # -- host service calls (protobuf Values on the Callbacks stream) ------------------------------------------

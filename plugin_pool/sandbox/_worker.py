@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import mmap
 import os
 import queue
 import resource
@@ -46,7 +47,7 @@ from plugin_pool.sandbox._confine import (
     lock_sockets,
 )
 
-__all__ = ["EXIT_BOOT_FAILED", "EXIT_CONFINEMENT_FAILED", "EXIT_PLUGIN_LOAD_FAILED", "run_worker"]
+__all__ = ["EXIT_BOOT_FAILED", "EXIT_CONFINEMENT_FAILED", "EXIT_PLUGIN_LOAD_FAILED", "FRAME_SLACK", "run_worker"]
 
 # Distinct exit codes, so the host tells a worker that cannot boot from one that crashed while serving,
 # and stops respawning it (gunicorn's WORKER_BOOT_ERROR).
@@ -61,6 +62,12 @@ LOG_MAX_CHARS = 4000
 OUTBOX_MAX_MESSAGES = 1000
 SERVICE_CALL_TIMEOUT_S = 10.0
 READY_WAIT_S = 30.0
+_CALL_KINDS = (b"J", b"R")
+_MULTI_KIND = b"M"
+_RESOURCE_LIMIT_REPLY = b'E{"kind":"resource_limit"'
+FRAME_SLACK = 64
+"""gRPC's message limit is this much above sandbox.max_message_mb on both sides, so a Frame's own tag and
+length never push a payload or reply that fits the limit over it (that would break the stream)."""
 
 
 _view: WorkerView | None = None
@@ -157,6 +164,8 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         """Every capability the plugin's code declares, served or not (Health reports it)."""
         self.async_methods: set[Callable[[Any], Any]] = set()
         self.report: ConfinementReport | None = None
+        self.progress: mmap.mmap | None = None
+        """The progress cell shared with the host (see _codec), mapped before confinement."""
         self.calls = 0
         self.server: grpc.Server | None = None
         self.outbox: queue.Queue[pb.WorkerMessage | None] = queue.Queue(maxsize=OUTBOX_MAX_MESSAGES)
@@ -211,9 +220,21 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
         return pb.StepReply()
 
     # -- work ----------------------------------------------------------------------------------------
-    # Calls arrive as hand-framed Frames (see _codec): raw bytes in, raw bytes out, no message objects.
+    # Calls arrive as hand-framed Frames (see _codec) on the host's one stream: raw bytes in, raw bytes
+    # out, no message objects, answered in order.
 
-    def call(self, data: memoryview, context: grpc.ServicerContext) -> bytes:
+    def serve_calls(self, requests: Iterator[memoryview], context: grpc.ServicerContext) -> Iterator[bytes]:
+        """The Calls stream: one reply per request, in order (a multi reply may come in several parts)."""
+        for data in requests:
+            kind = bytes(data[:1])
+            if kind in _CALL_KINDS:
+                yield self.call(data)
+            elif kind == _MULTI_KIND:
+                yield from self.call_multi(data)
+            else:
+                yield self.call_batch(data)
+
+    def call(self, data: memoryview) -> bytes:
         """One call: decode, run the capability, encode the result or the error as data."""
         request = self._resolve(data, codec.decode_call)
         if isinstance(request, bytes):
@@ -240,7 +261,41 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
             reply = codec.encode_error(*value)
         return self._bounded(reply, "result")
 
-    def call_batch(self, data: memoryview, context: grpc.ServicerContext) -> bytes:
+    def call_multi(self, data: memoryview) -> Iterator[bytes]:
+        """Calls of several callers batched together: each runs as a call of its own, and the replies go back
+        in order, in as many frames as the message limit needs (every item's result is sent, none is lost)."""
+        try:
+            items = codec.decode_multi(data)
+        except ValueError as exc:
+            yield codec.encode_error("bad_payload", type(exc).__name__, str(exc)[:MESSAGE_MAX_CHARS])
+            return
+        budget = self.max_message_bytes
+        part: list[bytes] = []
+        size = 1
+        progress = self.progress
+        exhausted = False
+        for index, item in enumerate(items):
+            if exhausted:  # the memory limit was hit: the host runs the rest on another worker
+                reply = codec.encode_error("not_run", "", "an earlier call of the batch hit the memory limit")
+            else:
+                if progress is not None:
+                    codec.PROGRESS.pack_into(progress, 0, index + 1)
+                reply = self.call(memoryview(item))
+                exhausted = reply.startswith(_RESOURCE_LIMIT_REPLY)
+            if len(reply) + codec.ITEM_OVERHEAD + 1 > budget:
+                reply = codec.encode_error(
+                    "reply_too_large", "", f"the result is {len(reply)} bytes; the limit is {budget}"
+                )
+            if part and size + len(reply) + codec.ITEM_OVERHEAD > budget:
+                yield codec.encode_reply_items(part, final=False)
+                part, size = [], 1
+            part.append(reply)
+            size += len(reply) + codec.ITEM_OVERHEAD
+        if progress is not None:
+            codec.PROGRESS.pack_into(progress, 0, 0)
+        yield codec.encode_reply_items(part, final=True)
+
+    def call_batch(self, data: memoryview) -> bytes:
         """Many inputs of one capability: results (or errors) in order, in one reply."""
         request = self._resolve(data, codec.decode_batch)
         if isinstance(request, bytes):
@@ -420,14 +475,22 @@ class WorkerServicer(pb_grpc.PluginWorkerServicer):
 
 
 def frames_handler(servicer: WorkerServicer) -> grpc.GenericRpcHandler:
-    """The PluginWorkerFrames service, with the one-field Frame (de)serialized by hand (see _codec)."""
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            func, request_deserializer=codec.unframe, response_serializer=codec.frame
-        )
-        for name, func in (("Call", servicer.call), ("CallBatch", servicer.call_batch))
-    }
-    return grpc.method_handlers_generic_handler("plugin_pool.v1.PluginWorkerFrames", handlers)
+    """The PluginWorkerFrames service (the Calls stream), with the one-field Frame (de)serialized by hand."""
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.serve_calls, request_deserializer=codec.unframe, response_serializer=codec.frame
+    )
+    return grpc.method_handlers_generic_handler("plugin_pool.v1.PluginWorkerFrames", {"Calls": handler})
+
+
+def _map_progress(path: object) -> mmap.mmap | None:
+    """Map the host's progress cell (shared, read-write); None without one."""
+    if not isinstance(path, str) or not path:
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        return mmap.mmap(fd, codec.PROGRESS_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
 
 
 def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
@@ -438,6 +501,8 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
     plugin_id = str(spec["plugin_id"])
     # Opened before Landlock, read later: the groups the host puts this process in (see check_cgroups).
     cgroup_view = os.open("/proc/self/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+    # Mapped before confinement (the mapping outlives the descriptor): where batches report their progress.
+    progress = _map_progress(spec.get("progress_path"))
     confinement = ConfinementSpec.from_dict(
         {
             **spec["confinement"],
@@ -463,11 +528,12 @@ def run_worker(spec: dict[str, Any], *, parent_pid: int, output_fd: int) -> int:
     )
     max_bytes = int(spec["max_message_bytes"])
     servicer = WorkerServicer(plugin_id, max_bytes)
+    servicer.progress = progress
     server = grpc.server(
         ThreadPoolExecutor(max_workers=int(spec.get("threads", 4)), thread_name_prefix="worker"),
         options=[
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.max_receive_message_length", max_bytes + FRAME_SLACK),
+            ("grpc.max_send_message_length", max_bytes + FRAME_SLACK),
             ("grpc.so_reuseport", 0),
         ],
     )

@@ -90,8 +90,14 @@ def new_host(
     call_timeout_s: float = 10.0,
     lifecycle: Mapping[str, Any] | None = None,
 ) -> PluginHost:
-    """An open host with fast test defaults (no jitter, short backoff) plus ``sandbox`` overrides."""
-    settings: dict[str, Any] = {"recycle_jitter": 0.0, "restart_backoff_s": 0.02, "boot_timeout_s": 5.0}
+    """An open host with fast test defaults (no jitter, short backoff, no warm spares: these tests count serving
+    workers and their replacements; tests of spares ask for them) plus ``sandbox`` overrides."""
+    settings: dict[str, Any] = {
+        "recycle_jitter": 0.0,
+        "restart_backoff_s": 0.02,
+        "boot_timeout_s": 5.0,
+        "spare_workers": 0,
+    }
     settings.update(sandbox or {})
     overrides: dict[str, Mapping[str, Any]] = {"sandbox": settings, "host": {"call_timeout_s": call_timeout_s}}
     if lifecycle:

@@ -244,17 +244,17 @@ def test_a_boot_step_sent_to_a_worker_that_already_exited_fails_at_once(tmp_path
     # The race behind the slow failure, made certain: the worker's exit report came before the host even
     # connected, so nothing will ever close the channel the step waits on (wait_for_ready).
     from plugin_pool._proto.v1 import worker_pb2 as pb
-    from plugin_pool.config import load_config
-    from plugin_pool.sandbox.supervisor import BootError, Supervisor, WorkerHandle
+    from plugin_pool.sandbox.worker_client import BootError, WorkerClient, WorkerHandle, run_boot_step
 
-    supervisor = Supervisor(load_config().sandbox, on_worker_exit=lambda handle: None)
     handle = WorkerHandle(plugin_id="gone", directory=tmp_path, socket_path=tmp_path / "nobody-listens")
     handle.pid, handle.exit_code, handle.exit_tail = 4242, 72, ["plugin load failed: ImportError: no module"]
     handle.exited.set()
-    supervisor._connect(handle)
+    # Connected after the exit report came (the race the supervisor's _connect closes at once): the step must
+    # not wait on the open channel.
+    handle.client = WorkerClient(handle.socket_path, 1 << 20)
     try:
         with pytest.raises(BootError) as caught:
-            supervisor._boot_step(
+            run_boot_step(
                 handle,
                 "initialize",
                 3600.0,
@@ -263,16 +263,16 @@ def test_a_boot_step_sent_to_a_worker_that_already_exited_fails_at_once(tmp_path
         assert caught.value.boot_failure
         assert "exited with code 72: plugin load failed: ImportError: no module" in str(caught.value)
     finally:
-        supervisor._close_channel(handle)
+        handle.client.close()
 
 
 def test_a_zygote_that_dies_while_it_starts_is_noticed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from plugin_pool.sandbox import supervisor
+    from plugin_pool.sandbox import zygote_client
 
     monkeypatch.setattr(
-        supervisor, "_ZYGOTE_BOOT", "import sys; sys.stderr.write('no zygote today'); raise SystemExit(9)"
+        zygote_client, "_ZYGOTE_BOOT", "import sys; sys.stderr.write('no zygote today'); raise SystemExit(9)"
     )
-    zygote = supervisor._ZygoteProcess(tmp_path, lambda frame: None, lambda: None)
+    zygote = zygote_client.ZygoteProcess(tmp_path, lambda frame: None, lambda: None)
     with pytest.raises(SandboxError) as caught:
         zygote.start()
     # Not "did not start within 15 s": the exit itself ended the wait, and the reason is in the message.
@@ -393,8 +393,12 @@ host = PluginHost(load_config()).open()
 host.add_plugin_dir(sys.argv[1])
 host.start_plugins()
 pool = host.sandbox
+deadline = time.monotonic() + 10
+while not pool.list_spare_pids("orphan-check") and time.monotonic() < deadline:  # its warm spare, booted behind
+    time.sleep(0.01)
 print(json.dumps({"zygote": pool.supervisor.zygote_pid, "workers": pool.list_worker_pids("orphan-check"),
-                  "base_dir": str(pool.supervisor.base_dir)}), flush=True)
+                  "spares": pool.list_spare_pids("orphan-check"), "base_dir": str(pool.supervisor.base_dir)}),
+      flush=True)
 time.sleep(60)
 """
 
@@ -414,7 +418,7 @@ def test_host_sigkill_leaves_no_orphans(make_plugin: PluginFactory) -> None:
         # host -> the process it started (it made the PID namespace and only waits) -> zygote -> workers
         shim = psutil.Process(info["zygote"]).ppid()
         started = [shim, info["zygote"], *info["workers"]]
-        assert len(info["workers"]) == 2
+        assert len(info["workers"]) == 3 and len(info["spares"]) == 1  # two serving workers and the spare
         assert psutil.Process(shim).ppid() == proc.pid
         assert live_children(info["zygote"]) == sorted(info["workers"])
         proc.send_signal(signal.SIGKILL)

@@ -107,7 +107,7 @@ class Hostile:
         own PID namespace numbers it differently)."""
         reported = int(self.invoke(plugin_id, "ping")["pid"])
         assert self.host.sandbox is not None
-        pids = self.host.sandbox.list_worker_pids(plugin_id)
+        pids = self.host.sandbox.list_worker_pids(plugin_id, spares=False)  # the spare takes no call
         assert len(pids) == 1, pids
         assert ns_pid(pids[0]) == reported
         return pids[0]
@@ -117,7 +117,7 @@ class Hostile:
         assert self.host.sandbox is not None
         deadline = time.monotonic() + REPLACEMENT_WAIT_S
         while time.monotonic() < deadline:
-            pids = self.host.sandbox.list_worker_pids(plugin_id)
+            pids = self.host.sandbox.list_worker_pids(plugin_id, spares=False)
             if pids and old_pid not in pids:
                 new_pid = self.pid_of(plugin_id)
                 assert new_pid != old_pid

@@ -90,8 +90,9 @@ def require_pool(host: PluginHost, skip_or_fail: Callable[[str], None]) -> Calla
 
 
 def only_worker(host: PluginHost, plugin_id: str) -> int:
+    """The plugin's one serving worker (its warm spare, confined the same, takes no call)."""
     assert host.sandbox is not None
-    pids = host.sandbox.list_worker_pids(plugin_id)
+    pids = host.sandbox.list_worker_pids(plugin_id, spares=False)
     assert len(pids) == 1, pids
     return pids[0]
 
@@ -145,21 +146,74 @@ def test_every_worker_runs_as_a_uid_and_gid_of_its_own(host: PluginHost, require
     assert inside["visible"] == [inside["pid"]]
 
 
+def proc_status(pid: int) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+
+
+def test_a_warm_spare_is_confined_like_any_worker(host: PluginHost, require_pool: Callable[..., None]) -> None:
+    require_pool("uid", "cgroup", "mountns", "pidns", "seccomp")
+    assert host.sandbox is not None
+    first, last = parse_uid_range(load_config().sandbox.uid_range)
+    zygote = host.sandbox.supervisor.zygote_pid
+    spares = {p: wait_for(lambda p=p: host.sandbox.list_spare_pids(p), f"{p}'s spare") for p in ("echo", "hog")}
+    uids: dict[int, int] = {}
+    for plugin_id, (spare,) in spares.items():
+        serving = only_worker(host, plugin_id)
+        for pid in (serving, spare):
+            (uid, *_), _ = ids_of(pid)
+            assert first <= uid <= last and uid not in uids.values(), (plugin_id, pid, uid)
+            uids[pid] = uid
+            assert psutil.Process(pid).ppid() == zygote
+            status = proc_status(pid)
+            assert (status["NoNewPrivs"].strip(), status["Seccomp"].strip()) == ("1", "2"), status
+            assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+            assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        groups = [Path(f"/proc/{pid}/cgroup").read_text() for pid in (serving, spare)]
+        assert all("plugin-pool-" in g for g in groups) and groups[0] != groups[1]  # a group of its own each
+        assert os.readlink(f"/proc/{spare}/ns/mnt") != os.readlink(f"/proc/{serving}/ns/mnt")
+
+
+def test_a_promoted_spare_serves_confined_as_it_was() -> None:
+    spared = PluginHost(_config(spare_workers=1))
+    try:
+        _start(spared, "neighbour", "echo")
+        assert spared.sandbox is not None
+        (spare,) = wait_for(lambda: spared.sandbox.list_spare_pids("neighbour"), "the spare")
+        serving = only_worker(spared, "neighbour")
+        os.kill(serving, signal.SIGKILL)
+        wait_for(lambda: only_worker(spared, "neighbour") == spare, "the spare to take the place")
+        inside = spared.invoke("neighbour", "whoami")
+        assert inside["pid"] == ns_pid(spare)
+        assert inside["ids"] == [ids_of(spare)[0][0]] * 6 and inside["visible"] == [inside["pid"]]
+        wait_for(lambda: spared.restarts["neighbour", "crash"] == 1, "the replacement, counted once")
+        assert_others_serve(spared)
+    finally:
+        close_host(spared)
+
+
+def as_nobody() -> list[str]:
+    """A command prefix that runs the rest as uid and gid 65534 with no groups. Through setpriv, not Popen's
+    ``user=``: that forks this process (many threads, gRPC streams open) and changes ids in the child before
+    exec, where a fault killed the child now and then (SIGBUS/SIGSEGV before exec, also on main); setpriv is
+    exec'd at once (vfork) and changes the ids itself."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        why = "setpriv (util-linux) is needed to start a process as nobody"
+        pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
 @pytest.fixture
 def nobody_victim() -> Iterator[int]:
     """A process of the shared account 'nobody', which every worker ran as before they got uids of their own."""
-    # /bin/sleep, not this interpreter: nobody may not reach a checkout below a 0700 directory. setpriv, not
-    # Popen(user=...): the child of a threaded process changing ids before exec crashed here now and then.
-    proc = subprocess.Popen([*AS_NOBODY, "/bin/sleep", "60"], stdin=subprocess.DEVNULL)
+    # /bin/sleep, not this interpreter: nobody may not reach a checkout below a 0700 directory.
+    proc = subprocess.Popen([*as_nobody(), "/bin/sleep", "60"], stdin=subprocess.DEVNULL)
     try:
         wait_for(lambda: _ids_are_nobody(proc.pid), "the victim to run as nobody")
         yield proc.pid
     finally:
         proc.kill()
         proc.wait(5)
-
-
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 
 
 def _ids_are_nobody(pid: int) -> bool:
@@ -297,7 +351,8 @@ def test_a_thread_left_spinning_after_the_call_gets_the_worker_replaced(host: Pl
     before = host.restarts["hog", "cpu"]
     assert host.invoke("hog", "spin_after", 30.0) == {"spinning": True}  # answers at once
     wait_for(lambda: host.restarts["hog", "cpu"] == before + 1, "the idle-CPU restart to be counted")
-    assert is_gone(pid)
+    # The spare took its place at once (counted then); the killed worker is reaped a moment later.
+    wait_for(lambda: is_gone(pid), "the spinning worker to be killed")
     wait_for(lambda: host.sandbox is not None and host.sandbox.list_worker_pids("hog"), "a replacement")
     assert only_worker(host, "hog") != pid
     events = [e for e in host.registry.list_events(plugin_id="hog") if e.details.get("reason") == "cpu"]
@@ -310,9 +365,11 @@ def test_idle_cpu_deaths_count_toward_the_crash_loop() -> None:
     try:
         _start(strict, "hog", "echo")
         for _ in range(2):
-            wait_for(lambda: strict.sandbox is not None and strict.sandbox.list_worker_pids("hog"), "a worker")
+            pid = wait_for(
+                lambda: strict.sandbox is not None and strict.sandbox.list_worker_pids("hog", spares=False), "a worker"
+            )
             strict.invoke("hog", "spin_after", 30.0)
-            wait_for(lambda: not strict.is_active("hog") or not strict.sandbox.list_worker_pids("hog"), "its death")
+            wait_for(lambda pid=pid: not strict.is_active("hog") or is_gone(pid[0]), "its death")
         health = wait_for(lambda: strict.get_health().failed.get("hog"), "the plugin to fail")
         assert "crashed 2 times" in health
         with pytest.raises(PluginNotActiveError):
@@ -489,7 +546,7 @@ def test_an_unprivileged_host_confines_its_workers_in_namespaces_of_their_own(op
     for path in (plugin, *plugin.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
     done = subprocess.run(
-        [*AS_NOBODY, sys.executable, "-c", _PRIVATE_HOST, str(plugin)],
+        [*as_nobody(), sys.executable, "-c", _PRIVATE_HOST, str(plugin)],
         env={**os.environ, "TMPDIR": "/tmp", "HOME": "/tmp"},
         capture_output=True,
         timeout=60,

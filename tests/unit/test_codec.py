@@ -160,3 +160,34 @@ def test_batches_and_results_refuse_non_finite_floats_too() -> None:
         codec.encode_result({"s": math.nan})
     with pytest.raises(TypeError, match="is not a finite number"):
         codec.encode_value([math.nan])
+
+
+# -- calls batched together (dynamic batching) ---------------------------------------------------------------
+
+
+def test_calls_of_several_capabilities_ride_in_one_multi_request_unchanged() -> None:
+    calls = [codec.encode_call("scan", "text"), codec.encode_call("hash", b"\x00\xff"), codec.encode_call("n", 3)]
+    decoded = codec.decode_multi(memoryview(codec.encode_multi(calls)))
+    assert decoded == calls
+    assert [codec.decode_call(memoryview(c)) for c in decoded] == [("scan", "text"), ("hash", b"\x00\xff"), ("n", 3)]
+
+
+def test_a_multi_reply_in_parts_decodes_to_every_outcome_in_order() -> None:
+    replies = [codec.encode_result({"a": 1}), codec.encode_error("plugin_raised", "ValueError", "no"), b"R\x01"]
+    first, done_first = codec.decode_reply_items(memoryview(codec.encode_reply_items(replies[:2], final=False)))
+    last, done_last = codec.decode_reply_items(memoryview(codec.encode_reply_items(replies[2:], final=True)))
+    assert (done_first, done_last) == (False, True)
+    assert first + last == [(True, {"a": 1}), (False, ("plugin_raised", "ValueError", "no")), (True, b"\x01")]
+
+
+@pytest.mark.parametrize("data", [b"", b"A", b"M\x00\x00\x00\x02\x00\x00\x00\x05", b"Mxyz"])
+def test_a_malformed_multi_request_is_refused(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        codec.decode_multi(memoryview(data))
+
+
+def test_a_worker_may_not_report_errors_outside_the_allow_list_in_a_multi_reply() -> None:
+    forged = b"F" + b"E" + len(b'{"kind":"pickle"}').to_bytes(4, "big") + b'{"kind":"pickle"}'
+    with pytest.raises(ValueError, match="unknown error kind"):
+        codec.decode_reply_items(memoryview(forged))
+    assert "not_run" in codec.ERROR_KINDS

@@ -316,11 +316,14 @@ class PluginWorker:
 
 
 class PluginWorkerFramesStub:
-    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
-    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
-    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
-    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
-    message objects.
+    """Work, on one persistent stream per worker: the host opens it once the worker has started and sends
+    a Frame per request (one call, many inputs of one capability, or several calls batched together);
+    the worker answers every request in order, with one Frame (a reply larger than the message limit comes
+    as several "part" Frames, the last one complete). A broken stream is a lost worker. A Frame's `data`
+    holds the compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the
+    payload as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below).
+    Both sides write and read the one-field Frame by hand, in exactly this wire format, so the hot path
+    builds no message objects.
     """
 
     def __init__(self, channel):
@@ -329,33 +332,25 @@ class PluginWorkerFramesStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Call = channel.unary_unary(
-                '/plugin_pool.v1.PluginWorkerFrames/Call',
-                request_serializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
-                response_deserializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
-                _registered_method=True)
-        self.CallBatch = channel.unary_unary(
-                '/plugin_pool.v1.PluginWorkerFrames/CallBatch',
+        self.Calls = channel.stream_stream(
+                '/plugin_pool.v1.PluginWorkerFrames/Calls',
                 request_serializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
                 response_deserializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
                 _registered_method=True)
 
 
 class PluginWorkerFramesServicer:
-    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
-    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
-    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
-    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
-    message objects.
+    """Work, on one persistent stream per worker: the host opens it once the worker has started and sends
+    a Frame per request (one call, many inputs of one capability, or several calls batched together);
+    the worker answers every request in order, with one Frame (a reply larger than the message limit comes
+    as several "part" Frames, the last one complete). A broken stream is a lost worker. A Frame's `data`
+    holds the compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the
+    payload as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below).
+    Both sides write and read the one-field Frame by hand, in exactly this wire format, so the hot path
+    builds no message objects.
     """
 
-    def Call(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CallBatch(self, request, context):
+    def Calls(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -364,13 +359,8 @@ class PluginWorkerFramesServicer:
 
 def add_PluginWorkerFramesServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Call': grpc.unary_unary_rpc_method_handler(
-                    servicer.Call,
-                    request_deserializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
-                    response_serializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
-            ),
-            'CallBatch': grpc.unary_unary_rpc_method_handler(
-                    servicer.CallBatch,
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
                     request_deserializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
                     response_serializer=plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
             ),
@@ -383,15 +373,18 @@ def add_PluginWorkerFramesServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PluginWorkerFrames:
-    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
-    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
-    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
-    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
-    message objects.
+    """Work, on one persistent stream per worker: the host opens it once the worker has started and sends
+    a Frame per request (one call, many inputs of one capability, or several calls batched together);
+    the worker answers every request in order, with one Frame (a reply larger than the message limit comes
+    as several "part" Frames, the last one complete). A broken stream is a lost worker. A Frame's `data`
+    holds the compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the
+    payload as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below).
+    Both sides write and read the one-field Frame by hand, in exactly this wire format, so the hot path
+    builds no message objects.
     """
 
     @staticmethod
-    def Call(request,
+    def Calls(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -401,37 +394,10 @@ class PluginWorkerFrames:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
-            '/plugin_pool.v1.PluginWorkerFrames/Call',
-            plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
-            plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CallBatch(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/plugin_pool.v1.PluginWorkerFrames/CallBatch',
+            '/plugin_pool.v1.PluginWorkerFrames/Calls',
             plugin__pool_dot_v1_dot_worker__pb2.Frame.SerializeToString,
             plugin__pool_dot_v1_dot_worker__pb2.Frame.FromString,
             options,

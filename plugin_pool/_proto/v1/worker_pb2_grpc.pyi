@@ -107,53 +107,53 @@ class PluginWorkerServicer(metaclass=_abc_1.ABCMeta):
 def add_PluginWorkerServicer_to_server(servicer: PluginWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class PluginWorkerFramesStub:
-    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
-    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
-    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
-    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
-    message objects.
+    """Work, on one persistent stream per worker: the host opens it once the worker has started and sends
+    a Frame per request (one call, many inputs of one capability, or several calls batched together);
+    the worker answers every request in order, with one Frame (a reply larger than the message limit comes
+    as several "part" Frames, the last one complete). A broken stream is a lost worker. A Frame's `data`
+    holds the compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the
+    payload as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below).
+    Both sides write and read the one-field Frame by hand, in exactly this wire format, so the hot path
+    builds no message objects.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PluginWorkerFramesAsyncStub: ...
-    Call: _grpc.UnaryUnaryMultiCallable[_worker_pb2.Frame, _worker_pb2.Frame]
-    CallBatch: _grpc.UnaryUnaryMultiCallable[_worker_pb2.Frame, _worker_pb2.Frame]
+    Calls: _grpc.StreamStreamMultiCallable[_worker_pb2.Frame, _worker_pb2.Frame]
 
 @_typing.type_check_only
 class PluginWorkerFramesAsyncStub(PluginWorkerFramesStub):
-    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
-    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
-    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
-    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
-    message objects.
+    """Work, on one persistent stream per worker: the host opens it once the worker has started and sends
+    a Frame per request (one call, many inputs of one capability, or several calls batched together);
+    the worker answers every request in order, with one Frame (a reply larger than the message limit comes
+    as several "part" Frames, the last one complete). A broken stream is a lost worker. A Frame's `data`
+    holds the compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the
+    payload as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below).
+    Both sides write and read the one-field Frame by hand, in exactly this wire format, so the hot path
+    builds no message objects.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Call: _aio.UnaryUnaryMultiCallable[_worker_pb2.Frame, _worker_pb2.Frame]  # type: ignore[assignment]
-    CallBatch: _aio.UnaryUnaryMultiCallable[_worker_pb2.Frame, _worker_pb2.Frame]  # type: ignore[assignment]
+    Calls: _aio.StreamStreamMultiCallable[_worker_pb2.Frame, _worker_pb2.Frame]  # type: ignore[assignment]
 
 class PluginWorkerFramesServicer(metaclass=_abc_1.ABCMeta):
-    """Work: one call, or many inputs for one capability in one round trip. A Frame's `data` holds the
-    compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the payload
-    as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below). Both sides
-    write and read the one-field Frame by hand, in exactly this wire format, so the hot path builds no
-    message objects.
+    """Work, on one persistent stream per worker: the host opens it once the worker has started and sends
+    a Frame per request (one call, many inputs of one capability, or several calls batched together);
+    the worker answers every request in order, with one Frame (a reply larger than the message limit comes
+    as several "part" Frames, the last one complete). A broken stream is a lost worker. A Frame's `data`
+    holds the compact layout documented in plugin_pool/sandbox/_codec.py (a kind byte, the capability, the
+    payload as JSON or raw bytes; errors as JSON {"kind", "type", "message"} from the allow-list below).
+    Both sides write and read the one-field Frame by hand, in exactly this wire format, so the hot path
+    builds no message objects.
     """
 
     @_abc_1.abstractmethod
-    def Call(
+    def Calls(
         self,
-        request: _worker_pb2.Frame,
+        request_iterator: _MaybeAsyncIterator[_worker_pb2.Frame],
         context: _ServicerContext,
-    ) -> _typing.Union[_worker_pb2.Frame, _abc.Awaitable[_worker_pb2.Frame]]: ...
-
-    @_abc_1.abstractmethod
-    def CallBatch(
-        self,
-        request: _worker_pb2.Frame,
-        context: _ServicerContext,
-    ) -> _typing.Union[_worker_pb2.Frame, _abc.Awaitable[_worker_pb2.Frame]]: ...
+    ) -> _typing.Union[_abc.Iterator[_worker_pb2.Frame], _abc.AsyncIterator[_worker_pb2.Frame]]: ...
 
 def add_PluginWorkerFramesServicer_to_server(servicer: PluginWorkerFramesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

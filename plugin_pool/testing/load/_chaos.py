@@ -107,8 +107,8 @@ class ChaosMonkey:
 
     def is_settled(self) -> bool:
         """Whether the pool is at rest: a zygote runs; every Active sandboxed plugin has at least its minimum
-        of workers, all alive; and the zygote has no other children (no worker being born or retired).
-        Never blocks on calls."""
+        of serving workers and its warm spares, all alive; and the zygote has no other children (no worker
+        being born or retired). Never blocks on calls."""
         pool = self.host.sandbox
         if pool is None:
             return True
@@ -119,7 +119,9 @@ class ChaosMonkey:
         for plugin_id in _sandboxed_active(self.host):
             stats = pool.get_stats(plugin_id)
             pids = pool.list_worker_pids(plugin_id)
-            if stats is None or len(pids) != stats.workers or stats.workers < stats.min_workers:
+            if stats is None or len(pids) != stats.workers + stats.spares or stats.workers < stats.min_workers:
+                return False
+            if stats.spares < pool.config.spare_workers:
                 return False
             expected.update(pids)
         return _live_children(zygote) == expected
