@@ -290,6 +290,7 @@ def measure_vendored(repeats: int) -> dict[str, float]:
     import inside the worker with and without host-compiled bytecode."""
     from plugin_pool import PluginHost, load_config
     from plugin_pool.lifecycle import PluginState
+    from plugin_pool.sandbox.worker_client import WorkerPlan
     from plugin_pool.staging import stage_plugin as stage
 
     times: dict[str, list[float]] = {k: [] for k in ("first", "restart", "restart_off", "import", "import_none")}
@@ -324,9 +325,9 @@ def measure_vendored(repeats: int) -> dict[str, float]:
                 assert supervisor is not None and supervisor.base_dir is not None
                 staged_root = supervisor.base_dir / "plugins"
 
-                def without_bytecode(plugin_id: str, source: Path, staged_root: Path = staged_root) -> Path:
+                def without_bytecode(plan: WorkerPlan, staged_root: Path = staged_root) -> Path:
                     target = staged_root / f"plain-{time.monotonic_ns()}"
-                    stage(source, target, plugin_id=plugin_id, expected=None)
+                    stage(plan.plugin_dir, target, plugin_id=plan.plugin_id, expected=None)
                     return target
 
                 supervisor.stage_plugin = without_bytecode  # type: ignore[method-assign]
