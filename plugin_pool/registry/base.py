@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from packaging.version import Version
 
+from plugin_pool.errors import RegistryError
 from plugin_pool.lifecycle import PluginState
 from plugin_pool.model import Capabilities, PluginInfo, TrustLevel
 from plugin_pool.registry.fleet import (
@@ -70,6 +71,14 @@ class EventKind(enum.StrEnum):
     def for_state(cls, state: PluginState) -> EventKind:
         """The event recorded when a plugin reaches ``state``."""
         return _EVENT_FOR_STATE[state]
+
+    @classmethod
+    def checked(cls, value: str, plugin_id: str | None) -> EventKind:
+        """``value`` as an EventKind; raise RegistryError for anything that names no kind."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise RegistryError(f"unknown audit event kind {value!r:.60}", plugin_id=plugin_id) from None
 
 
 _EVENT_FOR_STATE: Mapping[PluginState, EventKind] = MappingProxyType(

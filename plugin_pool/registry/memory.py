@@ -45,22 +45,14 @@ from plugin_pool.registry.fleet import (
     source_state,
 )
 from plugin_pool.registry.validation import (
-    check_actor,
-    check_capabilities,
-    check_config,
-    check_details,
-    check_enabled,
-    check_event_plugin_id,
-    check_hash,
+    check_enabled_change,
+    check_event,
     check_host_id,
     check_limit,
-    check_name,
-    check_operator_reason,
-    check_plugin_id,
-    check_reason,
+    check_registration,
     check_state,
+    check_status_move,
     check_trust_level,
-    check_version,
 )
 
 __all__ = ["InMemoryPluginRegistry"]
@@ -175,14 +167,9 @@ class InMemoryPluginRegistry:
         config: Mapping[str, Any] | None = None,
     ) -> PluginRecord:
         """See :meth:`PluginRegistry.register`. Atomic."""
-        plugin_id = check_plugin_id(info.id)
-        check_actor(actor)
-        level = check_trust_level(info.trust_level, plugin_id)
-        name = check_name(info.name, plugin_id)
-        version = check_version(info.version, plugin_id)
-        check_hash(assembly_hash, plugin_id)
-        config_json = check_config(config, f"configuration of plugin {plugin_id!r}", plugin_id=plugin_id)
-        params = check_capabilities(capabilities, plugin_id)
+        checked = check_registration(info, capabilities, actor=actor, assembly_hash=assembly_hash, config=config)
+        plugin_id, level, name, version = checked.plugin_id, checked.level, checked.name, checked.version
+        config_json, params = checked.config, checked.capabilities
         store = self._store
         with store.lock:
             self._check_open()
@@ -233,12 +220,8 @@ class InMemoryPluginRegistry:
         details: Mapping[str, Any] | None = None,
     ) -> InstanceRecord:
         """See :meth:`PluginRegistry.set_status`. Atomic compare-and-set on this host's instance."""
-        check_actor(actor)
-        reason = check_reason(reason)
-        extra = check_details(details, plugin_id=plugin_id if isinstance(plugin_id, str) else None)
-        status = check_state(status, "status")
-        if expected is not None:
-            expected = check_state(expected, "expected")
+        move = check_status_move(plugin_id, status, expected=expected, actor=actor, reason=reason, details=details)
+        status, expected, reason, extra = move.status, move.expected, move.reason, move.details
         store = self._store
         with store.lock:
             self._check_open()
@@ -272,9 +255,7 @@ class InMemoryPluginRegistry:
     def set_enabled(self, plugin_id: str, enabled: bool, *, actor: str, reason: str | None = None) -> PluginRecord:
         """See :meth:`PluginRegistry.set_enabled`. Subscribers of every open view are called in this thread,
         after the change; a view that has none (or never registered the plugin) acknowledges at once."""
-        check_actor(actor)
-        reason = check_operator_reason(reason, plugin_id if isinstance(plugin_id, str) else None)
-        check_enabled(enabled, str(plugin_id))
+        reason = check_enabled_change(plugin_id, enabled, actor=actor, reason=reason)
         store = self._store
         with store.lock:
             self._check_open()
@@ -343,15 +324,9 @@ class InMemoryPluginRegistry:
         details: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
         """See :meth:`PluginRegistry.record_event`."""
-        check_actor(actor)
-        plugin_id = check_event_plugin_id(plugin_id)
-        extra = check_details(details, plugin_id=plugin_id)
-        try:
-            kind = EventKind(event)
-        except ValueError:
-            raise RegistryError(f"unknown audit event kind {event!r:.60}", plugin_id=plugin_id) from None
-        if state is not None:
-            state = check_state(state, "state")
+        request = check_event(plugin_id, actor=actor, state=state, details=details)
+        plugin_id, state, extra = request.plugin_id, request.state, request.details
+        kind = EventKind.checked(event, plugin_id)
         with self._store.lock:
             self._check_open()
             return self._append_event(kind, plugin_id, actor, state, extra)

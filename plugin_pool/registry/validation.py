@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,7 +32,7 @@ from packaging.version import InvalidVersion, Version
 from plugin_pool.config import validate_host_id
 from plugin_pool.errors import InvalidPluginError, RegistryError
 from plugin_pool.lifecycle import PluginState
-from plugin_pool.model import Capabilities, TrustLevel, validate_capability_name, validate_plugin_id
+from plugin_pool.model import Capabilities, PluginInfo, TrustLevel, validate_capability_name, validate_plugin_id
 
 __all__ = [
     "ACTOR_MAX_LEN",
@@ -44,11 +45,16 @@ __all__ = [
     "PAGE_MAX",
     "REASON_MAX_LEN",
     "VERSION_MAX_LEN",
+    "EventRequest",
+    "Registration",
+    "StatusMove",
     "check_actor",
     "check_capabilities",
     "check_config",
     "check_details",
     "check_enabled",
+    "check_enabled_change",
+    "check_event",
     "check_event_plugin_id",
     "check_hash",
     "check_host_id",
@@ -57,7 +63,9 @@ __all__ = [
     "check_operator_reason",
     "check_plugin_id",
     "check_reason",
+    "check_registration",
     "check_state",
+    "check_status_move",
     "check_trust_level",
     "check_version",
     "details_from_storable",
@@ -391,3 +399,90 @@ def check_capabilities(capabilities: Capabilities, plugin_id: str) -> dict[str, 
             capability.parameters, f"parameters of capability {name!r} of plugin {plugin_id!r}", plugin_id=plugin_id
         )
     return out
+
+
+# -- whole requests: what each backend's writes check, in this order, before they touch storage -------------
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A checked ``register`` call: plain, storable copies of what it records."""
+
+    plugin_id: str
+    level: TrustLevel
+    name: str
+    version: Version
+    config: dict[str, Any]
+    capabilities: dict[str, dict[str, Any]]
+
+
+def check_registration(
+    info: PluginInfo,
+    capabilities: Capabilities,
+    *,
+    actor: object,
+    assembly_hash: object,
+    config: Mapping[str, Any] | None,
+) -> Registration:
+    """Check every argument of ``register``; the first bad one is refused naming its field."""
+    plugin_id = check_plugin_id(info.id)
+    check_actor(actor)
+    level = check_trust_level(info.trust_level, plugin_id)
+    name = check_name(info.name, plugin_id)
+    version = check_version(info.version, plugin_id)
+    check_hash(assembly_hash, plugin_id)
+    config_json = check_config(config, f"configuration of plugin {plugin_id!r}", plugin_id=plugin_id)
+    return Registration(plugin_id, level, name, version, config_json, check_capabilities(capabilities, plugin_id))
+
+
+@dataclass(frozen=True, slots=True)
+class StatusMove:
+    """A checked ``set_status`` call (the plugin id is checked by the backend, where it looks it up)."""
+
+    status: PluginState
+    expected: PluginState | None
+    reason: str | None
+    details: dict[str, Any]
+
+
+def check_status_move(
+    plugin_id: object,
+    status: object,
+    *,
+    expected: object,
+    actor: object,
+    reason: object,
+    details: Mapping[str, Any] | None,
+) -> StatusMove:
+    """Check the arguments of ``set_status`` but the plugin id."""
+    check_actor(actor)
+    checked_reason = check_reason(reason)
+    extra = check_details(details, plugin_id=plugin_id if isinstance(plugin_id, str) else None)
+    checked = check_state(status, "status")
+    was = check_state(expected, "expected") if expected is not None else None
+    return StatusMove(checked, was, checked_reason, extra)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRequest:
+    """A checked ``record_event`` call (the kind is checked by the backend, against EventKind)."""
+
+    plugin_id: str | None
+    state: PluginState | None
+    details: dict[str, Any]
+
+
+def check_event(plugin_id: object, *, actor: object, state: object, details: Mapping[str, Any] | None) -> EventRequest:
+    """Check the arguments of ``record_event`` but its kind."""
+    check_actor(actor)
+    event_plugin_id = check_event_plugin_id(plugin_id)
+    extra = check_details(details, plugin_id=event_plugin_id)
+    return EventRequest(event_plugin_id, check_state(state, "state") if state is not None else None, extra)
+
+
+def check_enabled_change(plugin_id: object, enabled: object, *, actor: object, reason: object) -> str | None:
+    """Check the arguments of ``set_enabled`` but the plugin id; return the operator's reason."""
+    check_actor(actor)
+    checked_reason = check_operator_reason(reason, plugin_id if isinstance(plugin_id, str) else None)
+    check_enabled(enabled, str(plugin_id))
+    return checked_reason

@@ -51,22 +51,15 @@ from plugin_pool.registry.postgres._listener import Listener, Switchboard
 from plugin_pool.registry.postgres._outbox import Outbox, Write
 from plugin_pool.registry.postgres._schema import DEFAULT_SCHEMA, check_schema
 from plugin_pool.registry.validation import (
-    check_actor,
-    check_capabilities,
-    check_config,
-    check_details,
-    check_enabled,
-    check_event_plugin_id,
-    check_hash,
+    check_enabled_change,
+    check_event,
     check_host_id,
     check_limit,
-    check_name,
-    check_operator_reason,
     check_plugin_id,
-    check_reason,
+    check_registration,
     check_state,
+    check_status_move,
     check_trust_level,
-    check_version,
     details_to_storable,
     to_storable,
 )
@@ -353,14 +346,9 @@ class PostgresPluginRegistry:
         """See :meth:`PluginRegistry.register`. One transaction, safe against hosts registering at once; waits
         up to ``timeout_s`` for it, else (an outage) returns the record as this instance last saw the plugin
         (Discovered if it never did) and a hash conflict found later is logged and counted."""
-        plugin_id = check_plugin_id(info.id)
-        check_actor(actor)
-        level = check_trust_level(info.trust_level, plugin_id)
-        name = check_name(info.name, plugin_id)
-        version = check_version(info.version, plugin_id)
-        check_hash(assembly_hash, plugin_id)
-        config_json = check_config(config, f"configuration of plugin {plugin_id!r}", plugin_id=plugin_id)
-        params = check_capabilities(capabilities, plugin_id)
+        checked = check_registration(info, capabilities, actor=actor, assembly_hash=assembly_hash, config=config)
+        plugin_id, level, name, version = checked.plugin_id, checked.level, checked.name, checked.version
+        config_json, params = checked.config, checked.capabilities
         self._require_open()
         self._ensure_joined()
         values = {
@@ -413,12 +401,8 @@ class PostgresPluginRegistry:
         instance row, the audit event and the NOTIFY are one statement, written once however often it is
         replayed). Blocks only the first time this instance sees a plugin (to check that it exists): during
         an outage that raises RegistryUnavailableError."""
-        check_actor(actor)
-        reason = check_reason(reason)
-        extra = check_details(details, plugin_id=plugin_id if isinstance(plugin_id, str) else None)
-        status = check_state(status, "status")
-        if expected is not None:
-            expected = check_state(expected, "expected")
+        move = check_status_move(plugin_id, status, expected=expected, actor=actor, reason=reason, details=details)
+        status, expected, reason, extra = move.status, move.expected, move.reason, move.details
         plugin_id = _plugin_id(plugin_id)
         self._require_open()
         self._require_plugin(plugin_id)
@@ -454,15 +438,9 @@ class PostgresPluginRegistry:
     ) -> AuditEvent:
         """See :meth:`PluginRegistry.record_event`: queued, never waits; returned with ``id`` 0 (assigned when
         written) and the ``uid`` it is stored under."""
-        check_actor(actor)
-        plugin_id = check_event_plugin_id(plugin_id)
-        extra = check_details(details, plugin_id=plugin_id)
-        try:
-            kind = EventKind(event)
-        except ValueError:
-            raise RegistryError(f"unknown audit event kind {event!r:.60}", plugin_id=plugin_id) from None
-        if state is not None:
-            state = check_state(state, "state")
+        request = check_event(plugin_id, actor=actor, state=state, details=details)
+        plugin_id, state, extra = request.plugin_id, request.state, request.details
+        kind = EventKind.checked(event, plugin_id)
         self._require_open()
         self._ensure_joined()
         uid, at = uuid.uuid4(), _utcnow()
@@ -475,9 +453,7 @@ class PostgresPluginRegistry:
         """See :meth:`PluginRegistry.set_enabled`. One statement: the flag and its number, the audit event and
         the NOTIFY. An operator's action, so it is not buffered: during an outage it raises
         RegistryUnavailableError."""
-        check_actor(actor)
-        reason = check_operator_reason(reason, plugin_id if isinstance(plugin_id, str) else None)
-        check_enabled(enabled, str(plugin_id))
+        reason = check_enabled_change(plugin_id, enabled, actor=actor, reason=reason)
         plugin_id = _plugin_id(plugin_id)
         stored = to_storable(reason) if reason is not None else None
         kind = EventKind.ENABLED if enabled else EventKind.DISABLED
