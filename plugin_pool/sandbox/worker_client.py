@@ -255,6 +255,17 @@ class WorkerHandle:
         return f"worker pid {self.pid} {how}" + (f": {tail}" if tail else "")
 
 
+def _step_failed(handle: WorkerHandle, step: str, detail: str) -> BootError:
+    """The error of a boot step that did not answer: ``detail`` says how (a boot failure when the worker
+    exited with one of BOOT_EXIT_CODES)."""
+    return BootError(
+        f"plugin {handle.plugin_id!r}: {step} failed: {detail}",
+        plugin_id=handle.plugin_id,
+        pid=handle.pid,
+        boot_failure=handle.exit_code in BOOT_EXIT_CODES,
+    )
+
+
 def run_boot_step(
     handle: WorkerHandle,
     step: str,
@@ -269,12 +280,7 @@ def run_boot_step(
     """
     client = handle.client
     if client is None:
-        raise BootError(
-            f"plugin {handle.plugin_id!r}: {step} failed: {handle.describe_exit()}",
-            plugin_id=handle.plugin_id,
-            pid=handle.pid,
-            boot_failure=handle.exit_code in BOOT_EXIT_CODES,
-        )
+        raise _step_failed(handle, step, handle.describe_exit())
     done = threading.Event()
     handle.exit_waiters.append(done)
     try:
@@ -286,12 +292,7 @@ def run_boot_step(
         if not future.done():
             future.cancel()
             detail = handle.describe_exit() if handle.exited.is_set() else f"{step} timed out after {timeout_s:g} s"
-            raise BootError(
-                f"plugin {handle.plugin_id!r}: {step} failed: {detail}",
-                plugin_id=handle.plugin_id,
-                pid=handle.pid,
-                boot_failure=handle.exit_code in BOOT_EXIT_CODES,
-            )
+            raise _step_failed(handle, step, detail)
         reply = future.result()
     except (grpc.RpcError, ValueError) as exc:
         # ValueError: the worker died and its channel was closed before the call could start.
@@ -305,12 +306,7 @@ def run_boot_step(
             detail = f"{exc.code().name}: {exc.details()}"
         else:
             detail = str(exc)
-        raise BootError(
-            f"plugin {handle.plugin_id!r}: {step} failed: {detail}",
-            plugin_id=handle.plugin_id,
-            pid=handle.pid,
-            boot_failure=handle.exit_code in BOOT_EXIT_CODES,
-        ) from None
+        raise _step_failed(handle, step, detail) from None
     finally:
         handle.exit_waiters.remove(done)
     if reply.HasField("error"):
